@@ -1,0 +1,149 @@
+"""Loading the two frozen backbones: any Hugging Face causal LM and any pooled vision tower.
+
+Everything goes through ``from_pretrained(name_or_path)``, so a hub name such as
+``facebook/opt-125m`` and a local folder take exactly the same code path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .io import FromageError
+
+
+@dataclass
+class LMDims:
+    """Sizes of a causal LM that the adapters must match."""
+
+    d_embed: int  # width of the input embeddings (what ``inputs_embeds`` expects)
+    d_hidden: int  # width of the inner hidden states (config.hidden_size)
+    d_out: int  # width of the state the output head reads (final layer, after the final norm)
+    vocab_rows: int  # rows of the input embedding matrix
+    n_layers: int
+    tied: bool  # input embedding and output head share one matrix (OPT, GPT-2, SmolLM2)
+
+
+def pick_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """Resolve a dtype name; ``"auto"`` is bf16 on a bf16-capable CUDA device and fp32 elsewhere."""
+    if name == "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise FromageError(f"unknown dtype {name!r}; use one of auto, {', '.join(table)}")
+    return table[name]
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients and eval mode (dropout off), as the original did for both backbones."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def _load_error(kind: str, name: str, err: Exception) -> FromageError:
+    return FromageError(
+        f"could not load the {kind} {name!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        f" -- check the name or local path (offline? set HF_HUB_OFFLINE=1 and use a local folder)"
+    )
+
+
+def load_lm(name: str, dtype: torch.dtype = torch.float32, quantization_config=None):
+    """Load a frozen causal LM and its tokenizer by hub name or local path.
+
+    Returns ``(lm, tokenizer)``. The tokenizer gets a pad token (its EOS) if it has none; padding
+    is always masked through the attention mask, never through the pad id.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        kw = {"dtype": dtype}
+        if quantization_config is not None:
+            kw["quantization_config"] = quantization_config
+        lm = AutoModelForCausalLM.from_pretrained(name, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise _load_error("language model", name, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return freeze(lm), tok
+
+
+_VISION_CLASSES = {
+    "clip": "CLIPVisionModel",
+    "clip_vision_model": "CLIPVisionModel",
+    "siglip": "SiglipVisionModel",
+    "siglip_vision_model": "SiglipVisionModel",
+    "siglip2": "Siglip2VisionModel",
+    "siglip2_vision_model": "Siglip2VisionModel",
+}
+
+
+def load_vision(name: str, dtype: torch.dtype = torch.float32):
+    """Load a frozen vision tower (vision half only) and its image processor.
+
+    Accepts a vision-only checkpoint or a full dual-encoder one (``CLIPModel``, ``SiglipModel``):
+    the vision half is taken. Returns ``(vision_model, image_processor)``.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor
+
+    try:
+        cfg = AutoConfig.from_pretrained(name)
+        cls = getattr(transformers, _VISION_CLASSES.get(cfg.model_type, "AutoModel"))
+        vision = cls.from_pretrained(name, dtype=dtype)
+        # the PIL backend: the classic CLIP resize/crop, identical with or without torchvision
+        processor = AutoImageProcessor.from_pretrained(name, backend="pil")
+    except (OSError, ValueError, KeyError) as e:
+        raise _load_error("vision tower", name, e) from None
+    return freeze(vision), processor
+
+
+def add_ret_token(tokenizer, token: str = "[RET]") -> int:
+    """Add the retrieval token to the tokenizer (once) and return its id.
+
+    The LM's embedding matrix is *not* resized: [RET] lives in its own parameters
+    (see ``model.py``), so the id may point past the matrix.
+    """
+    from transformers import AddedToken
+
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
+    ids = tokenizer(token, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise FromageError(f"{token!r} does not encode to one id with this tokenizer (got {ids})")
+    return ids[0]
+
+
+def lm_dims(lm: nn.Module) -> LMDims:
+    """Read the widths the adapters need from a loaded (or meta-device) causal LM."""
+    emb = lm.get_input_embeddings()
+    head = lm.get_output_embeddings()
+    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    return LMDims(
+        d_embed=emb.embedding_dim,
+        d_hidden=cfg.hidden_size,
+        d_out=head.in_features if isinstance(head, nn.Linear) else head.weight.shape[1],
+        vocab_rows=emb.num_embeddings,
+        n_layers=cfg.num_hidden_layers,
+        tied=head.weight is emb.weight,
+    )
+
+
+def vision_dim(vision: nn.Module) -> int:
+    """Width of the pooled vector the vision tower returns (``pooler_output``)."""
+    cfg = vision.config
+    cfg = getattr(cfg, "vision_config", cfg)
+    return cfg.hidden_size
+
+
+@torch.no_grad()
+def pooled_features(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) pixels -> (B, vis_dim) pooled features, in fp32."""
+    p = next(vision.parameters())
+    out = vision(pixel_values=pixel_values.to(device=p.device, dtype=p.dtype))
+    return out.pooler_output.float()

@@ -1,0 +1,76 @@
+"""Small, safe file helpers shared by the whole package.
+
+Every file we write goes through :func:`atomic_write` (write to a temporary file in the same
+folder, fsync, then ``os.replace``), so a crash or SIGKILL leaves either the old or the new
+version on disk, never a torn one. Every file we read uses a loader that cannot execute code
+(JSON, safetensors, ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class FromageError(Exception):
+    """A user-facing error: the CLI prints its message as one line, without a traceback."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON, turning a missing or malformed file into a one-line :class:`FromageError`."""
+    path = Path(path)
+    if not path.exists():
+        raise FromageError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FromageError(f"{path}: not valid JSON ({e}); regenerate or fix the file") from None
+
+
+def save_numpy(path: str | os.PathLike, array) -> None:
+    """Atomically save an array as ``.npy`` (no pickling)."""
+    import numpy as np
+
+    with atomic_write(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def load_numpy(path: str | os.PathLike, mmap: bool = True):
+    """Load an ``.npy`` file memory-mapped, refusing pickled object arrays."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.exists():
+        raise FromageError(f"{path}: file not found")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        raise FromageError(f"{path}: not a plain .npy array ({e})") from None

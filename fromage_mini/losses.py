@@ -1,0 +1,57 @@
+"""The three FROMAGe losses, written to be read next to the paper.
+
+    L = w_cap · CE_cap  +  w_ret · ( CE_ret  +  (L_t2i + L_i2t) / 2 )
+
+* CE_cap  - next-token cross-entropy of the caption given the visual prefix (captioning mode).
+* CE_ret  - next-token cross-entropy of ``</s> caption [RET]`` (retrieval mode); [RET] is a
+            target here, which is what teaches the LM to *emit* [RET] after a description.
+* L_t2i, L_i2t - InfoNCE over the batch between text vectors t_i (from the [RET] hidden state)
+            and image vectors v_j:  L_t2i = -1/B Σ_i log softmax_j(s · cos(t_i, v_j))_i
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, ret_id: int) -> torch.Tensor:
+    """Captioning-mode labels for the text part: padding and [RET] masked, BOS and words kept."""
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE)
+    return labels.masked_fill(input_ids == ret_id, IGNORE)
+
+
+def retrieval_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Retrieval-mode labels: only padding masked, so [RET] is a target."""
+    return input_ids.masked_fill(attention_mask == 0, IGNORE)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: logits (B, T, V) at t predict labels (B, T) at t+1."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
+    )
+
+
+def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor):
+    """Symmetric InfoNCE.
+
+    text, image: (B, q) unnormalised vectors; scale: exp(logit_scale), a scalar.
+    Returns (loss_t2i, loss_i2t, logits_per_text (B, B)).
+    """
+    t = F.normalize(text.float(), dim=-1)
+    v = F.normalize(image.float(), dim=-1) * scale
+    logits_per_text = t @ v.T  # (B, B): row i scores text i against every image
+    target = torch.arange(t.shape[0], device=t.device)
+    loss_t2i = F.cross_entropy(logits_per_text, target)
+    loss_i2t = F.cross_entropy(logits_per_text.T, target)
+    return loss_t2i, loss_i2t, logits_per_text
+
+
+@torch.no_grad()
+def recall_at_k(scores: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """scores (N, M) with the right answer for row i at column i -> {"R@k": fraction}."""
+    target = scores.diagonal().unsqueeze(1)
+    rank = (scores > target).sum(dim=1)  # how many candidates beat the right one
+    return {f"R@{k}": (rank < k).float().mean().item() for k in ks if k <= scores.shape[1]}

@@ -1,0 +1,349 @@
+"""FROMAGe: a frozen LM and a frozen vision tower joined by a few trained linear layers.
+
+Read top to bottom. Shapes: B batch, L caption tokens, k visual tokens, d LM embedding width,
+D vision width, q retrieval width, V vocabulary rows.
+
+Trained (everything else is frozen):
+    visual_prefix   Linear(D -> k·d)       image feature f -> k LM input embeddings
+    ret_embedding   (d,)                   [RET]'s input embedding
+    ret_output      (d_out,)               [RET]'s output-head row (untied LMs only; tied LMs
+                                           share ret_embedding, as OPT's matrix is shared)
+    text_heads      Linear(d_layer -> q)   hidden state at [RET] -> text vector t
+    image_head      Linear(D -> q)         image feature f -> image vector v
+    logit_scale     scalar                 s = exp(logit_scale), InfoNCE temperature 1/s
+
+[RET] is *not* a row of the frozen embedding matrix. It is spliced in at forward time: input
+positions holding the [RET] id take ``ret_embedding``; the output logits get one extra column
+``h · ret_output`` at the [RET] id. The trainable-parameter count is exactly the adapters'.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import backbones
+from .config import FromageConfig
+from .io import FromageError
+from .losses import IGNORE, caption_labels, info_nce, lm_loss, recall_at_k, retrieval_labels
+
+
+@dataclass
+class FromageOutput:
+    """What one training forward returns (losses are scalars with grad; metrics are floats)."""
+
+    loss: torch.Tensor
+    cap_loss: torch.Tensor
+    ret_lm_loss: torch.Tensor
+    t2i_loss: torch.Tensor
+    i2t_loss: torch.Tensor
+    text_vectors: torch.Tensor  # (B, q), unnormalised
+    image_vectors: torch.Tensor  # (B, q), unnormalised
+    metrics: dict = field(default_factory=dict)
+
+
+class Fromage(nn.Module):
+    """The FROMAGe model. ``Fromage(config)`` loads the backbones the config names.
+
+    Pre-built backbones may be passed instead (tests, meta-device parameter counting).
+    """
+
+    def __init__(self, config: FromageConfig, *, lm=None, tokenizer=None, vision=None,
+                 image_processor=None, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.config = config
+        if lm is None:
+            quant = None
+            if config.lm_dtype in ("int8", "nf4"):
+                from .quant import bnb_config
+                quant, dtype = bnb_config(config.lm_dtype), torch.bfloat16
+            else:
+                dtype = backbones.pick_dtype(config.lm_dtype, device)
+            lm, tokenizer = backbones.load_lm(config.lm, dtype, quant)
+        if vision is None:
+            vision, image_processor = backbones.load_vision(config.vision)
+        self.lm = backbones.freeze(lm)
+        self.vision = backbones.freeze(vision)
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+
+        dims = backbones.lm_dims(lm)
+        self.dims = dims
+        self.vis_dim = backbones.vision_dim(vision)
+        self.ret_id = backbones.add_ret_token(tokenizer, config.ret_token) if tokenizer else dims.vocab_rows
+        k, d, q = config.n_visual_tokens, dims.d_embed, config.ret_dim
+
+        # ---- the trained adapters -------------------------------------------------------------
+        self.visual_prefix = nn.Linear(self.vis_dim, d * k)
+        self.image_dropout = nn.Dropout(config.image_dropout)
+        self.ret_embedding = nn.Parameter(torch.empty(d))
+        self.ret_output = None if dims.tied else nn.Parameter(torch.empty(dims.d_out))
+        self.text_heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(self._layer_width(i), q), nn.Dropout(config.text_dropout))
+            for i in config.ret_layers
+        )
+        self.image_head = nn.Linear(self.vis_dim, q)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self._init_ret()
+
+    # ------------------------------------------------------------------------------------------
+    # setup helpers
+    def _layer_width(self, layer: int) -> int:
+        n = self.dims.n_layers
+        if layer not in range(-n - 1, n + 1):
+            raise FromageError(f"ret_layers entry {layer} is outside the LM's {n} layers")
+        last = layer in (-1, n)  # the final state is after the final norm (and OPT's project_out)
+        return self.dims.d_out if last else self.dims.d_hidden
+
+    @torch.no_grad()
+    def _init_ret(self):
+        """[RET] starts from the embedding of ``ret_init_text`` or a random vector of typical norm."""
+        emb = self.lm.get_input_embeddings().weight
+        if emb.is_meta:
+            return
+        text = self.config.ret_init_text
+        if text and self.tokenizer is not None:
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            self.ret_embedding.copy_(emb[ids].float().mean(0))
+            if self.ret_output is not None:
+                self.ret_output.copy_(self.lm.get_output_embeddings().weight[ids].float().mean(0))
+            return
+        g = torch.Generator().manual_seed(0)
+        norm = emb.float().norm(dim=1).mean()
+        for p in (self.ret_embedding, self.ret_output):
+            if p is not None:
+                r = torch.randn(p.shape, generator=g)
+                p.copy_(r / r.norm() * norm)
+
+    def train(self, mode: bool = True):
+        """Adapters follow ``mode``; the frozen backbones always stay in eval mode."""
+        super().train(mode)
+        self.lm.eval()
+        self.vision.eval()
+        return self
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trained tensors (what a checkpoint holds)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def logit_scale_exp(self) -> torch.Tensor:
+        s = self.logit_scale.exp()
+        m = self.config.max_logit_scale
+        return s.clamp(max=m) if m is not None else s
+
+    # ------------------------------------------------------------------------------------------
+    # inputs
+    def tokenize(self, captions: list[str], max_len: int | None = None, add_ret: bool = True):
+        """Captions -> ``</s> caption [RET]`` ids (B, L) right-padded, and the attention mask.
+
+        A caption too long for ``max_len`` is cut so that [RET] still ends it.
+        """
+        max_len = max_len or self.config.max_len
+        bos = self.tokenizer.bos_token_id
+        head = [bos] if bos is not None else []
+        tail = [self.ret_id] if add_ret else []
+        words = self.tokenizer(list(captions), add_special_tokens=False).input_ids
+        rows = [head + w[: max_len - len(head) - len(tail)] + tail for w in words]
+        T = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def preprocess(self, images) -> torch.Tensor:
+        """PIL images -> (B, 3, H, W) pixel values with the vision tower's own processor."""
+        images = [im.convert("RGB") for im in images]
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) pooled features from the frozen tower (no grad)."""
+        return backbones.pooled_features(self.vision, pixel_values)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, d) LM input embeddings, with [RET] spliced in from its own parameter."""
+        emb = self.lm.get_input_embeddings()
+        is_ret = input_ids == self.ret_id
+        x = emb(input_ids.masked_fill(is_ret | (input_ids >= emb.num_embeddings), 0))
+        return torch.where(is_ret.unsqueeze(-1), self.ret_embedding.to(x.dtype), x)
+
+    def visual_embeds(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D) features -> (B, k, d) visual prefix."""
+        B = features.shape[0]
+        x = self.visual_prefix(features.to(self.visual_prefix.weight.dtype))  # (B, k·d)
+        return self.image_dropout(x).view(B, self.config.n_visual_tokens, self.dims.d_embed)
+
+    # ------------------------------------------------------------------------------------------
+    # the frozen LM with [RET] spliced into its output
+    def lm_forward(self, inputs_embeds, attention_mask, past_key_values=None, use_cache=False):
+        """Run the frozen LM on embeddings; return (logits (B, T, V') with the [RET] column, output).
+
+        V' = max(V, ret_id + 1). ``output.hidden_states`` holds every layer's states.
+        """
+        lm_dtype = self.lm.get_input_embeddings().weight.dtype
+        out = self.lm(inputs_embeds=inputs_embeds.to(lm_dtype), attention_mask=attention_mask,
+                      past_key_values=past_key_values, use_cache=use_cache, output_hidden_states=True)
+        h = out.hidden_states[-1]  # (B, T, d_out): the state the output head reads
+        ret_row = self.ret_output if self.ret_output is not None else self.ret_embedding
+        ret_logit = (h.float() @ ret_row.float()).unsqueeze(-1)  # (B, T, 1)
+        return self._splice_ret_logit(out.logits.float(), ret_logit), out
+
+    def _splice_ret_logit(self, logits, ret_logit):
+        V, r = logits.shape[-1], self.ret_id
+        if r < V:  # the id points at an unused row of a padded matrix (OPT): replace that column
+            return torch.cat([logits[..., :r], ret_logit, logits[..., r + 1:]], dim=-1)
+        gap = logits.new_full((*logits.shape[:-1], r - V), float("-inf"))
+        return torch.cat([logits, gap, ret_logit], dim=-1)
+
+    def text_vectors(self, hidden_states, positions: torch.Tensor) -> torch.Tensor:
+        """Sum over ``ret_layers`` of head_l(h_l at ``positions``): (B, q), unnormalised."""
+        rows = torch.arange(positions.shape[0], device=positions.device)
+        t = 0
+        for layer, head in zip(self.config.ret_layers, self.text_heads):
+            h = hidden_states[layer][rows, positions]  # (B, d_layer)
+            t = t + head(h.to(head[0].weight.dtype))
+        return t
+
+    def image_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D) features -> (B, q) image vectors, unnormalised."""
+        return self.image_head(features.to(self.image_head.weight.dtype))
+
+    def ret_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the last [RET] in each row (the retrieval state is read where [RET] is input)."""
+        is_ret = input_ids == self.ret_id
+        if not bool(is_ret.any(dim=1).all()):
+            raise FromageError("every retrieval-mode row must contain the [RET] token")
+        T = input_ids.shape[1]
+        return T - 1 - is_ret.flip(1).int().argmax(dim=1)
+
+    # ------------------------------------------------------------------------------------------
+    # captioning-mode sequences
+    def caption_inputs(self, prefix, tok, input_ids, attention_mask):
+        """Build captioning inputs: (x (B, k+L, d), mask (B, k+L), labels (B, k+L)).
+
+        before_bos: [img_1..img_k, </s>, w_1..w_n]  -> labels [-100 × k, </s>, w_1..w_n]
+        after_bos:  [</s>, img_1..img_k, w_1..w_n]  -> labels [-100, -100 × k, w_1..w_n]
+        """
+        B, k = prefix.shape[:2]
+        labels = caption_labels(input_ids, attention_mask, self.ret_id)
+        # [RET] carries no loss in captioning mode and nothing after it does: treat it as padding
+        attention_mask = attention_mask.masked_fill(input_ids == self.ret_id, 0)
+        ones = attention_mask.new_ones(B, k)
+        no_labels = labels.new_full((B, k), IGNORE)
+        if self.config.image_layout == "before_bos":
+            x = torch.cat([prefix.to(tok.dtype), tok], 1)
+            mask = torch.cat([ones, attention_mask], 1)
+            labels = torch.cat([no_labels, labels], 1)
+        else:
+            x = torch.cat([tok[:, :1], prefix.to(tok.dtype), tok[:, 1:]], 1)
+            mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], 1)
+            labels = torch.cat([labels[:, :1].fill_(IGNORE), no_labels, labels[:, 1:]], 1)
+        return x, mask, labels
+
+    def concat_pairs(self, x, mask, labels):
+        """The concatenated-captions trick: rows (2i, 2i+1) become one row [a, b-without-BOS].
+
+        Only real positions are kept (padding and the masked [RET] carry no loss in captioning
+        mode). Unlike the original, the second example's BOS is dropped, so the row reads like
+        one text with two images in it. An odd last row stays on its own.
+        """
+        k = self.config.n_visual_tokens
+        bos_at = k if self.config.image_layout == "before_bos" else 0  # where BOS sits in a row
+        keep = mask == 1
+        xs, ls = [], []
+        for i in range(0, x.shape[0] - 1, 2):
+            a, b = keep[i].clone(), keep[i + 1].clone()
+            if self.tokenizer is None or self.tokenizer.bos_token_id is not None:
+                b[bos_at] = False  # drop the second BOS
+            xs.append(torch.cat([x[i][a], x[i + 1][b]]))
+            ls.append(torch.cat([labels[i][a], labels[i + 1][b]]))
+        if x.shape[0] % 2:
+            xs.append(x[-1][keep[-1]])
+            ls.append(labels[-1][keep[-1]])
+        T = max(len(r) for r in xs)
+        new_x = x.new_zeros(len(xs), T, x.shape[-1])
+        new_mask = mask.new_zeros(len(xs), T)
+        new_labels = labels.new_full((len(xs), T), IGNORE)
+        for i, (r, lab) in enumerate(zip(xs, ls)):
+            new_x[i, : len(r)], new_mask[i, : len(r)], new_labels[i, : len(r)] = r, 1, lab
+        return new_x, new_mask, new_labels
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask, features=None, pixel_values=None,
+                concat: bool | None = None) -> FromageOutput:
+        """One training step's losses on a batch of (image, ``</s> caption [RET]``) pairs.
+
+        input_ids, attention_mask: (B, L) from :meth:`tokenize`.
+        features: (B, D) cached pooled features, or pixel_values: (B, 3, H, W).
+        concat: apply the concatenated-captions trick (None: draw with ``concat_prob`` when training).
+        """
+        if features is None:
+            if pixel_values is None:
+                raise FromageError("forward needs either features or pixel_values")
+            features = self.encode_images(pixel_values)
+        cfg = self.config
+        if concat is None:
+            concat = self.training and cfg.concat_prob > 0 and float(torch.rand(())) < cfg.concat_prob
+
+        tok = self.embed_tokens(input_ids)  # (B, L, d)
+        prefix = self.visual_embeds(features)  # (B, k, d)
+
+        # 1) captioning mode: image prefix + caption, next-token CE on the caption (BOS included)
+        x, mask, labels = self.caption_inputs(prefix, tok, input_ids, attention_mask)
+        if concat and x.shape[0] > 1:
+            x, mask, labels = self.concat_pairs(x, mask, labels)
+        cap_logits, _ = self.lm_forward(x, mask)
+        cap_loss = lm_loss(cap_logits, labels)
+
+        # 2) retrieval mode: "</s> caption [RET]" alone; [RET] is a target; its state gives t
+        ret_logits, out = self.lm_forward(tok, attention_mask)
+        ret_lm_loss = lm_loss(ret_logits, retrieval_labels(input_ids, attention_mask))
+        t = self.text_vectors(out.hidden_states, self.ret_positions(input_ids))  # (B, q)
+        v = self.image_vectors(features)  # (B, q)
+        t2i, i2t, scores = info_nce(t, v, self.logit_scale_exp)
+
+        loss = cfg.cap_loss_weight * cap_loss + cfg.ret_loss_weight * (ret_lm_loss + (t2i + i2t) / 2)
+        metrics = {f"t2i_{k}": val for k, val in recall_at_k(scores, (1, 5)).items()}
+        metrics |= {f"i2t_{k}": val for k, val in recall_at_k(scores.T, (1, 5)).items()}
+        metrics["logit_scale"] = self.logit_scale_exp.item()
+        return FromageOutput(loss, cap_loss, ret_lm_loss, t2i, i2t, t, v, metrics)
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints (implemented in checkpoint.py)
+    def save_pretrained(self, folder):
+        """Write the trained tensors (safetensors) and the config (JSON) to ``folder``."""
+        from .checkpoint import save_adapters
+        save_adapters(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder, **overrides) -> "Fromage":
+        """Rebuild a model from :meth:`save_pretrained` output (backbones loaded by name/path)."""
+        from .checkpoint import load_adapters
+        return load_adapters(cls, folder, **overrides)
+
+    @classmethod
+    def from_released(cls, ckpt_path, model_args_path=None, **overrides) -> "Fromage":
+        """Load the released FROMAGe checkpoint (``pretrained_ckpt.pth.tar`` + ``model_args.json``)."""
+        from .checkpoint import load_released
+        return load_released(cls, ckpt_path, model_args_path, **overrides)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def expected_adapter_count(d_embed, d_out, d_layers, vis_dim, k, q, tied) -> int:
+    """Closed-form count of the trained numbers (used in tests and the tour notebook)."""
+    n = vis_dim * d_embed * k + d_embed * k  # visual prefix
+    n += d_embed + (0 if tied else d_out)  # [RET] rows
+    n += sum(dl * q + q for dl in d_layers)  # text heads
+    n += vis_dim * q + q + 1  # image head + logit scale
+    return n
+
