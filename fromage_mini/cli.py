@@ -16,6 +16,7 @@ from .io import FromageError
 # subcommand -> module that defines ``register(subparsers)``
 COMMANDS = {
     "demo": "fromage_mini.demo",
+    "train": "fromage_mini.train",
 }
 
 

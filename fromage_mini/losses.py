@@ -29,9 +29,9 @@ def retrieval_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy: logits (B, T, V) at t predict labels (B, T) at t+1."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
-    )
+    target = labels[:, 1:]
+    keep = target != IGNORE  # select first: padded rows never touch the loss, not even as NaN·0
+    return F.cross_entropy(logits[:, :-1][keep].float(), target[keep])
 
 
 def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import backbones
@@ -277,6 +278,43 @@ class Fromage(nn.Module):
         return new_x, new_mask, new_labels
 
     # ------------------------------------------------------------------------------------------
+    # retrieval mode, the cheap way
+    def retrieval_pass_fast(self, input_ids, attention_mask):
+        """Retrieval-mode CE and text vectors with gradients only where they can be non-zero.
+
+        In ``</s> w_1..w_n [RET]`` every input but [RET] is a frozen embedding, and [RET] is last,
+        so under the causal mask no earlier state depends on a trained parameter. We run the
+        caption without gradients (keeping the KV cache), then [RET] alone with gradients. Rows
+        are left-aligned first so every [RET] sits in the last column. Same numbers as the plain
+        pass; the backward pass covers one position instead of L.
+        """
+        B, L = input_ids.shape
+        n = attention_mask.sum(1)  # (B,) tokens incl. BOS and [RET]
+        src = torch.arange(L, device=input_ids.device) - (L - n).unsqueeze(1)  # left-align
+        valid = src >= 0
+        ids = torch.where(valid, input_ids.gather(1, src.clamp(min=0)), 0)
+        if not bool((ids[:, -1] == self.ret_id).all()):
+            raise FromageError("every retrieval-mode row must end with the [RET] token")
+        mask = valid.long()
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        lm_dtype = self.lm.get_input_embeddings().weight.dtype
+        with torch.no_grad():  # the caption: frozen inputs, frozen LM
+            ctx = self.lm(inputs_embeds=self.embed_tokens(ids[:, :-1]).to(lm_dtype), attention_mask=mask[:, :-1],
+                          position_ids=pos[:, :-1], use_cache=True, output_hidden_states=True)
+        ret_in = self.ret_embedding.to(lm_dtype).expand(B, 1, -1)
+        last = self.lm(inputs_embeds=ret_in, attention_mask=mask, position_ids=pos[:, -1:],
+                       past_key_values=ctx.past_key_values, use_cache=True, output_hidden_states=True)
+        # logits of the caption positions: frozen, except the [RET] column h·ret_row (trained)
+        ret_row = self.ret_output if self.ret_output is not None else self.ret_embedding
+        h = ctx.hidden_states[-1]  # (B, L-1, d_out), no grad
+        logits = self._splice_ret_logit(ctx.logits.float(), (h.float() @ ret_row.float()).unsqueeze(-1))
+        target = ids[:, 1:]  # position j predicts token j+1; [RET] is the last target
+        keep = valid[:, :-1]  # a padding position predicts nothing (so BOS is never a target)
+        loss = F.cross_entropy(logits[keep], target[keep])
+        t = self.text_vectors(last.hidden_states, torch.zeros(B, dtype=torch.long, device=ids.device))
+        return loss, t
+
+    # ------------------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, features=None, pixel_values=None,
                 concat: bool | None = None) -> FromageOutput:
         """One training step's losses on a batch of (image, ``</s> caption [RET]``) pairs.
@@ -304,9 +342,12 @@ class Fromage(nn.Module):
         cap_loss = lm_loss(cap_logits, labels)
 
         # 2) retrieval mode: "</s> caption [RET]" alone; [RET] is a target; its state gives t
-        ret_logits, out = self.lm_forward(tok, attention_mask)
-        ret_lm_loss = lm_loss(ret_logits, retrieval_labels(input_ids, attention_mask))
-        t = self.text_vectors(out.hidden_states, self.ret_positions(input_ids))  # (B, q)
+        if cfg.fast_ret_pass:
+            ret_lm_loss, t = self.retrieval_pass_fast(input_ids, attention_mask)
+        else:
+            ret_logits, out = self.lm_forward(tok, attention_mask)
+            ret_lm_loss = lm_loss(ret_logits, retrieval_labels(input_ids, attention_mask))
+            t = self.text_vectors(out.hidden_states, self.ret_positions(input_ids))  # (B, q)
         v = self.image_vectors(features)  # (B, q)
         t2i, i2t, scores = info_nce(t, v, self.logit_scale_exp)
 

@@ -1,0 +1,171 @@
+"""Training throughput: our trainer's step versus the original's scheme, same run, same hardware.
+
+    python benchmarks/bench_train.py --lm opt-125m --vision vit-b/32 --batch 32          # CPU
+    python benchmarks/bench_train.py --lm opt-6.7b --vision vit-l/14 --batch 180 --device cuda
+
+Random-weight backbones built from configs (nothing downloaded). Repetitions are interleaved
+(ours, original, ours, original, ...) so drift in machine load hits both; the ratio is reported
+with its spread. Ours reads cached pooled features (as the trainer does); the original runs the
+vision tower on pixels twice per step. MFU counts forward + activation-backward FLOPs of the LM
+(≈ 4·N·T per sample) plus, for the original, its two vision forwards.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_backbones, spread, write_result  # noqa: E402
+from original_scheme import OriginalScheme  # noqa: E402
+
+from fromage_mini import Fromage, FromageConfig  # noqa: E402
+from fromage_mini.train import PEAK_FLOPS, autocast_for  # noqa: E402
+
+L = 24  # caption length incl. BOS and [RET], as the original's max_len
+
+
+def lm_flops_per_token(lm) -> float:
+    n = sum(p.numel() for n_, p in lm.named_parameters() if "embed" not in n_)
+    n += lm.get_input_embeddings().weight.numel()  # output head matmul
+    return 2.0 * n
+
+
+def vision_flops(vision) -> float:
+    c = vision.config
+    tokens = (c.image_size // c.patch_size) ** 2 + 1
+    n = sum(p.numel() for p in vision.parameters())
+    return 2.0 * n * tokens
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lm", default="opt-125m")
+    ap.add_argument("--vision", default="vit-b/32")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--k", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per repetition")
+    ap.add_argument("--modes", default="ours,original")
+    ap.add_argument("--name", default=None)
+    a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+    gpu = dev.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    torch.manual_seed(0)
+    lm, vis = build_backbones(a.lm, a.vision, dev, dtype)
+    V = lm.get_input_embeddings().num_embeddings
+    B = a.batch
+    ids = torch.randint(3, V - 2, (B, L), device=dev)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    px = torch.randn(B, 3, vis.config.image_size, vis.config.image_size, device=dev, dtype=dtype)
+    feats = torch.randn(B, vis.config.hidden_size, device=dev)
+    sync = torch.cuda.synchronize if gpu else None
+
+    runners = {}
+    if "ours" in a.modes:
+        ours = Fromage(FromageConfig(lm="random", vision="random", n_visual_tokens=a.k, concat_prob=0.0),
+                       lm=lm, vision=vis).to(dev)
+        ours_ids = ids.clone()
+        ours_ids[:, -1] = ours.ret_id
+        params = [p for p in ours.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95))
+        ac = autocast_for(dev, "auto")
+        ours.train()
+
+        def step_ours():
+            with ac:
+                loss = ours(ours_ids, mask, features=feats).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        runners["ours"] = (step_ours, lm_flops_per_token(lm) * 2 * (2 * L + a.k))
+    if "original" in a.modes:
+        orig = OriginalScheme(lm, vis, a.k)
+        o_ids = ids.clone()
+        o_ids[:, -1] = orig.ret_id
+        oparams = orig.trainable()
+        oopt = torch.optim.AdamW(oparams, lr=3e-4, betas=(0.9, 0.95))
+
+        def step_orig():
+            loss = orig.loss(px, o_ids)
+            loss.backward()
+            orig.after_backward()
+            torch.nn.utils.clip_grad_norm_(oparams, 1.0)
+            oopt.step()
+            oopt.zero_grad(set_to_none=True)
+            orig.after_step()
+
+        runners["original"] = (step_orig, lm_flops_per_token(lm) * 2 * (2 * L + a.k) + 2 * vision_flops(vis))
+
+    peak = next((v for k, v in PEAK_FLOPS.items() if gpu and k in torch.cuda.get_device_name()), None)
+    times = {m: [] for m in runners}
+    mem = {}
+    for m, (fn, _) in runners.items():  # warm-up (and peak memory)
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        fn()
+        if gpu:
+            torch.cuda.synchronize()
+            mem[m] = torch.cuda.max_memory_allocated() / 2**30
+    for r in range(a.reps):
+        for m, (fn, _) in runners.items():
+            dt = timed_steps(fn, a.steps, sync)
+            times[m].append(dt)
+            print(f"rep {r} {m:9s} {dt * 1000:8.1f} ms/step  {B / dt:8.1f} samples/s", flush=True)
+    res = {"lm": a.lm, "vision": a.vision, "batch": B, "k": a.k, "device": str(dev), "dtype": str(dtype), "modes": {}}
+    for m, (fn, flops) in runners.items():
+        ms = [t * 1000 for t in times[m]]
+        sps = [B / t for t in times[m]]
+        tflops = [s * flops / 1e12 for s in sps]
+        res["modes"][m] = {"ms_per_step": spread(ms), "samples_per_s": spread(sps),
+                           "tflops": spread(tflops), "mfu": (spread([t * 1e12 / peak for t in tflops]) if peak else None),
+                           "peak_gpu_mem_gib": mem.get(m)}
+        res["modes"][m]["cc3m_epoch_hours"] = 3.3e6 / res["modes"][m]["samples_per_s"]["median"] / 3600
+    if len(runners) == 2:
+        ratios = [o / u for o, u in zip(times["original"], times["ours"])]
+        res["speedup_ours_over_original"] = spread(ratios)
+    res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    name = a.name or f"train_{a.lm}_{a.vision.replace('/', '')}_b{B}_{dev.type}"
+    path = write_result(name, res)
+    print_table(res)
+    print(f"wrote {path}")
+    return res
+
+
+def timed_steps(fn, n, sync) -> float:
+    if sync:
+        sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if sync:
+        sync()
+    return (time.perf_counter() - t) / n
+
+
+def print_table(res):
+    print(f"\n| mode | ms/step | samples/s | TFLOP/s | MFU | peak GPU GiB | CC3M epoch (h) |")
+    print("|---|---|---|---|---|---|---|")
+    for m, r in res["modes"].items():
+        mfu = f"{r['mfu']['median']:.1%}" if r["mfu"] else "n/a"
+        memg = f"{r['peak_gpu_mem_gib']:.1f}" if r["peak_gpu_mem_gib"] else "n/a"
+        print(f"| {m} | {r['ms_per_step']['median']:.0f} | {r['samples_per_s']['median']:.1f} | "
+              f"{r['tflops']['median']:.3f} | {mfu} | {memg} | {r['cc3m_epoch_hours']:.1f} |")
+    if "speedup_ours_over_original" in res:
+        s = res["speedup_ours_over_original"]
+        print(f"\nspeed-up ours/original: median {s['median']:.2f}x (min {s['min']:.2f}, max {s['max']:.2f}, n={s['n']})")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    main()

@@ -1,0 +1,112 @@
+"""Named presets: a model config plus a training config, overridable from the command line.
+
+| preset   | LM                          | vision                        | data                  | runs on       |
+|----------|-----------------------------|-------------------------------|-----------------------|---------------|
+| toy      | toy OPT (data_samples)      | toy CLIP (data_samples)       | ShapesWorld sample    | CPU, seconds  |
+| smollm2  | SmolLM2-135M-Instruct       | toy CLIP                      | ShapesWorld sample    | CPU, minutes  |
+| opt-125m | facebook/opt-125m           | openai/clip-vit-base-patch32  | CC3M sample (yours)   | laptop GPU    |
+| opt-6.7b | facebook/opt-6.7b           | openai/clip-vit-large-patch14 | full CC3M (yours)     | one GPU       |
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .config import FromageConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data_samples"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train the adapters (defaults follow the original where it made sense)."""
+
+    train_data: str = ""  # TSV, folder of webdataset shards, imagefolder/parquet, or hf:NAME
+    val_data: str = ""
+    cache_dir: str = ".cache/features"  # frozen-feature cache root (per vision fingerprint)
+    batch_size: int = 180
+    grad_accum: int = 1  # adds no contrastive negatives (a warning says so)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int = 20_000
+    max_seconds: float | None = None  # stop early when training time (excl. caching) exceeds this
+    grad_clip: float = 1.0
+    val_every: int = 2000
+    val_batch_size: int = 256
+    caption_eval: int = 100  # greedy captions on this many validation images per validation
+    caption_metric: str = "token_f1"  # or "shapesworld" (object count and attribute binding)
+    log_every: int = 50
+    ckpt_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast on GPUs that support it, fp32 on CPU
+    center_heads: bool = False  # start the retrieval heads' outputs centred on the training data
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, tuple[dict, dict]] = {
+    "toy": (
+        dict(lm=str(SAMPLES / "toy_lm"), vision=str(SAMPLES / "toy_clip"), n_visual_tokens=8,
+             image_layout="after_bos", ret_init_text=" summary", ret_dim=256, max_len=48, concat_prob=0.0),
+        dict(train_data=str(SAMPLES / "shapesworld/train.tsv"), val_data=str(SAMPLES / "shapesworld/val.tsv"),
+             batch_size=64, lr=1e-3, warmup_steps=100, max_steps=800, max_seconds=75, val_every=400,
+             caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
+    ),
+    "smollm2": (
+        dict(lm=str(REPO / ".cache/backbones/smollm2-135m-instruct"), vision=str(SAMPLES / "toy_clip"),
+             n_visual_tokens=4, image_layout="after_bos", ret_dim=256, max_len=48, concat_prob=0.0),
+        dict(train_data=str(SAMPLES / "shapesworld/train.tsv"), val_data=str(SAMPLES / "shapesworld/val.tsv"),
+             batch_size=32, lr=1e-3, max_steps=400, val_every=200, caption_eval=100,
+             caption_metric="shapesworld", log_every=20, ckpt_every=100),
+    ),
+    "opt-125m": (
+        dict(lm="facebook/opt-125m", vision="openai/clip-vit-base-patch32", n_visual_tokens=1, ret_dim=256),
+        dict(train_data="data/cc3m_sample/shards", val_data="data/cc3m_val/shards", batch_size=64,
+             lr=3e-4, max_steps=3000, val_every=500, caption_eval=100),
+    ),
+    "opt-6.7b": (
+        dict(lm="facebook/opt-6.7b", vision="openai/clip-vit-large-patch14", n_visual_tokens=1, ret_dim=256),
+        dict(train_data="data/cc3m/shards", val_data="data/cc3m_val/shards", batch_size=180,
+             lr=3e-4, max_steps=20_000, val_every=2000, caption_eval=100),
+    ),
+}
+
+
+def resolve(preset: str, overrides: dict | None = None) -> tuple[FromageConfig, TrainConfig]:
+    """Preset name + ``{field: value}`` overrides -> (FromageConfig, TrainConfig)."""
+    from .io import FromageError
+
+    if preset not in PRESETS:
+        raise FromageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    m, t = (dict(x) for x in PRESETS[preset])
+    mfields = {f.name for f in dataclasses.fields(FromageConfig)}
+    tfields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for k, v in (overrides or {}).items():
+        if k in mfields:
+            m[k] = v
+        elif k in tfields:
+            t[k] = v
+        else:
+            raise FromageError(f"unknown setting {k!r}; settings are the fields of FromageConfig and TrainConfig")
+    return FromageConfig(**m), TrainConfig(**t)
+
+
+def parse_value(text: str):
+    """Command-line value -> Python value (ints, floats, bools, None, tuples, else str)."""
+    import ast
+
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.lower() == "none":
+        return None
+    try:
+        v = ast.literal_eval(text)
+        return tuple(v) if isinstance(v, list) else v
+    except (ValueError, SyntaxError):
+        return text
