@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel; a looser spec would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,photos]'
+	$(BIN)/pip install --quiet -e '.[dev,photos,cc3m]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,8 +6,10 @@
 Random-weight backbones built from configs (nothing downloaded). Repetitions are interleaved
 (ours, original, ours, original, ...) so drift in machine load hits both; the ratio is reported
 with its spread. Ours reads cached pooled features (as the trainer does); the original runs the
-vision tower on pixels twice per step. MFU counts forward + activation-backward FLOPs of the LM
-(≈ 4·N·T per sample) plus, for the original, its two vision forwards.
+vision tower on pixels twice per step. FLOPs are counted for the work each
+scheme actually does: ours = captioning pass forward + activation backward (4·N per token) +
+retrieval pass forward (2·N per token); the original = both passes forward + backward, the tied
+head's weight gradient, and two vision forwards.
 """
 from __future__ import annotations
 
@@ -88,7 +90,9 @@ def main(argv=None):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        runners["ours"] = (step_ours, lm_flops_per_token(lm) * 2 * (2 * L + a.k))
+        # captioning pass: forward + activation backward (2 + 2 per token per param); retrieval pass:
+        # forward only (its backward covers one position, see Fromage.retrieval_pass_fast)
+        runners["ours"] = (step_ours, lm_flops_per_token(lm) * (2 * (L + a.k) + L))
     if "original" in a.modes:
         orig = OriginalScheme(lm, vis, a.k)
         o_ids = ids.clone()
@@ -105,7 +109,10 @@ def main(argv=None):
             oopt.zero_grad(set_to_none=True)
             orig.after_step()
 
-        runners["original"] = (step_orig, lm_flops_per_token(lm) * 2 * (2 * L + a.k) + 2 * vision_flops(vis))
+        # two passes with full backward, plus the tied head's weight gradient, plus two vision forwards
+        head = 2.0 * lm.get_input_embeddings().weight.numel()
+        runners["original"] = (step_orig, lm_flops_per_token(lm) * 2 * (2 * L + a.k) + head * (2 * L + a.k)
+                               + 2 * vision_flops(vis))
 
     peak = next((v for k, v in PEAK_FLOPS.items() if gpu and k in torch.cuda.get_device_name()), None)
     times = {m: [] for m in runners}

@@ -17,6 +17,7 @@ from .io import FromageError
 COMMANDS = {
     "demo": "fromage_mini.demo",
     "train": "fromage_mini.train",
+    "data": "fromage_mini.data.cc3m",
 }
 
 

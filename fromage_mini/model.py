@@ -27,7 +27,7 @@ from torch import nn
 from . import backbones
 from .config import FromageConfig
 from .io import FromageError
-from .losses import IGNORE, caption_labels, info_nce, lm_loss, recall_at_k, retrieval_labels
+from .losses import IGNORE, caption_labels, info_nce, recall_at_k, retrieval_labels
 
 
 @dataclass
@@ -111,7 +111,7 @@ class Fromage(nn.Module):
                 self.ret_output.copy_(self.lm.get_output_embeddings().weight[ids].float().mean(0))
             return
         g = torch.Generator().manual_seed(0)
-        norm = emb.float().norm(dim=1).mean()
+        norm = emb.float().norm(dim=1).mean().item()
         for p in (self.ret_embedding, self.ret_output):
             if p is not None:
                 r = torch.randn(p.shape, generator=g)
@@ -184,18 +184,41 @@ class Fromage(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     # the frozen LM with [RET] spliced into its output
-    def lm_forward(self, inputs_embeds, attention_mask, past_key_values=None, use_cache=False):
-        """Run the frozen LM on embeddings; return (logits (B, T, V') with the [RET] column, output).
+    def lm_hidden(self, inputs_embeds, attention_mask, position_ids=None, past_key_values=None, use_cache=False):
+        """Run the frozen LM body (no output head) on embeddings.
 
-        V' = max(V, ret_id + 1). ``output.hidden_states`` holds every layer's states.
+        Returns the body's output: ``last_hidden_state`` (the state the output head reads: after
+        the final norm), ``hidden_states`` (every layer) and ``past_key_values``. Logits are then
+        computed only where they are needed (:meth:`logits_at`), which saves a (B, T, V) tensor.
         """
         lm_dtype = self.lm.get_input_embeddings().weight.dtype
-        out = self.lm(inputs_embeds=inputs_embeds.to(lm_dtype), attention_mask=attention_mask,
-                      past_key_values=past_key_values, use_cache=use_cache, output_hidden_states=True)
-        h = out.hidden_states[-1]  # (B, T, d_out): the state the output head reads
+        return self.lm.base_model(inputs_embeds=inputs_embeds.to(lm_dtype), attention_mask=attention_mask,
+                                  position_ids=position_ids, past_key_values=past_key_values,
+                                  use_cache=use_cache, output_hidden_states=True)
+
+    def logits_at(self, h: torch.Tensor) -> torch.Tensor:
+        """Output logits (..., V') for final states h (..., d_out), with [RET]'s column spliced in.
+
+        V' = max(V, ret_id + 1); the [RET] logit is h · ret_row.
+        """
+        logits = self.lm.get_output_embeddings()(h).float()
         ret_row = self.ret_output if self.ret_output is not None else self.ret_embedding
-        ret_logit = (h.float() @ ret_row.float()).unsqueeze(-1)  # (B, T, 1)
-        return self._splice_ret_logit(out.logits.float(), ret_logit), out
+        return self._splice_ret_logit(logits, (h.float() @ ret_row.float()).unsqueeze(-1))
+
+    def lm_forward(self, inputs_embeds, attention_mask, past_key_values=None, use_cache=False,
+                   position_ids=None):
+        """Frozen LM on embeddings -> (logits (B, T, V') with the [RET] column, body output)."""
+        out = self.lm_hidden(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+        return self.logits_at(out.last_hidden_state), out
+
+    def next_token_loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token CE from final states h (B, T, d_out): position t predicts labels[t+1].
+
+        Only positions with a label go through the output head.
+        """
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        return F.cross_entropy(self.logits_at(h[:, :-1][keep]), target[keep])
 
     def _splice_ret_logit(self, logits, ret_logit):
         V, r = logits.shape[-1], self.ret_id
@@ -297,20 +320,14 @@ class Fromage(nn.Module):
             raise FromageError("every retrieval-mode row must end with the [RET] token")
         mask = valid.long()
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        lm_dtype = self.lm.get_input_embeddings().weight.dtype
         with torch.no_grad():  # the caption: frozen inputs, frozen LM
-            ctx = self.lm(inputs_embeds=self.embed_tokens(ids[:, :-1]).to(lm_dtype), attention_mask=mask[:, :-1],
-                          position_ids=pos[:, :-1], use_cache=True, output_hidden_states=True)
-        ret_in = self.ret_embedding.to(lm_dtype).expand(B, 1, -1)
-        last = self.lm(inputs_embeds=ret_in, attention_mask=mask, position_ids=pos[:, -1:],
-                       past_key_values=ctx.past_key_values, use_cache=True, output_hidden_states=True)
-        # logits of the caption positions: frozen, except the [RET] column h·ret_row (trained)
-        ret_row = self.ret_output if self.ret_output is not None else self.ret_embedding
-        h = ctx.hidden_states[-1]  # (B, L-1, d_out), no grad
-        logits = self._splice_ret_logit(ctx.logits.float(), (h.float() @ ret_row.float()).unsqueeze(-1))
-        target = ids[:, 1:]  # position j predicts token j+1; [RET] is the last target
-        keep = valid[:, :-1]  # a padding position predicts nothing (so BOS is never a target)
-        loss = F.cross_entropy(logits[keep], target[keep])
+            ctx = self.lm_hidden(self.embed_tokens(ids[:, :-1]), mask[:, :-1], pos[:, :-1], use_cache=True)
+        ret_in = self.ret_embedding.expand(B, 1, -1)
+        last = self.lm_hidden(ret_in, mask, pos[:, -1:], past_key_values=ctx.past_key_values, use_cache=True)
+        # caption positions' logits are frozen except the [RET] column h·ret_row (trained);
+        # position j predicts token j+1 ([RET] last); a padding position predicts nothing
+        keep = valid[:, :-1]
+        loss = F.cross_entropy(self.logits_at(ctx.last_hidden_state[keep]), ids[:, 1:][keep])
         t = self.text_vectors(last.hidden_states, torch.zeros(B, dtype=torch.long, device=ids.device))
         return loss, t
 
@@ -338,15 +355,14 @@ class Fromage(nn.Module):
         x, mask, labels = self.caption_inputs(prefix, tok, input_ids, attention_mask)
         if concat and x.shape[0] > 1:
             x, mask, labels = self.concat_pairs(x, mask, labels)
-        cap_logits, _ = self.lm_forward(x, mask)
-        cap_loss = lm_loss(cap_logits, labels)
+        cap_loss = self.next_token_loss(self.lm_hidden(x, mask).last_hidden_state, labels)
 
         # 2) retrieval mode: "</s> caption [RET]" alone; [RET] is a target; its state gives t
         if cfg.fast_ret_pass:
             ret_lm_loss, t = self.retrieval_pass_fast(input_ids, attention_mask)
         else:
-            ret_logits, out = self.lm_forward(tok, attention_mask)
-            ret_lm_loss = lm_loss(ret_logits, retrieval_labels(input_ids, attention_mask))
+            out = self.lm_hidden(tok, attention_mask)
+            ret_lm_loss = self.next_token_loss(out.last_hidden_state, retrieval_labels(input_ids, attention_mask))
             t = self.text_vectors(out.hidden_states, self.ret_positions(input_ids))  # (B, q)
         v = self.image_vectors(features)  # (B, q)
         t2i, i2t, scores = info_nce(t, v, self.logit_scale_exp)

@@ -203,10 +203,12 @@ def load_checkpoint(path: Path, model, opt) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 def flops_per_sample(model, seq_cap: int, seq_ret: int) -> float:
-    """Forward + activation-backward FLOPs through the frozen LM for one sample (≈ 4·N·T)."""
+    """LM FLOPs per sample: captioning forward + activation backward (4·N·T), retrieval forward
+    (2·N·T; with ``fast_ret_pass`` its backward covers only [RET]'s position)."""
     n = sum(p.numel() for n_, p in model.lm.named_parameters() if "embed" not in n_)
     n += model.dims.vocab_rows * model.dims.d_out  # the output head is a matmul even when tied
-    return 4.0 * n * (seq_cap + seq_ret)
+    ret = 2.0 if model.config.fast_ret_pass else 4.0
+    return 4.0 * n * seq_cap + ret * n * seq_ret
 
 
 def center_heads(model, cache: FeatureCache, n: int = 512) -> None:

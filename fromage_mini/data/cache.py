@@ -159,10 +159,12 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
     flush_batch()
     flush_shard()
     bar.close()
-    skips = dict(skip_log.summary()) if skip_log is not None else {}
+    summary = skip_log.summary() if skip_log is not None else {"counts": {}, "examples": {}}
+    skips = dict(summary["counts"])  # reason -> count, e.g. {"corrupt_image": 3}
     if bad_feature:
         skips["non_finite_feature"] = skips.get("non_finite_feature", 0) + bad_feature
     info["skips"] = skips
+    info["skip_examples"] = summary.get("examples", {})
     info["complete"] = True
     info["build_seconds"] = round(time.time() - t0, 2)
     write_json(folder / "index.json", info)
