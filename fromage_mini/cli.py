@@ -18,6 +18,8 @@ COMMANDS = {
     "demo": "fromage_mini.demo",
     "train": "fromage_mini.train",
     "data": "fromage_mini.data.cc3m",
+    "eval": "fromage_mini.evaluate",
+    "chat": "fromage_mini.chat",
 }
 
 

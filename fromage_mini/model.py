@@ -374,6 +374,19 @@ class Fromage(nn.Module):
         return FromageOutput(loss, cap_loss, ret_lm_loss, t2i, i2t, t, v, metrics)
 
     # ------------------------------------------------------------------------------------------
+    # inference (implemented in generate.py)
+    def generate(self, prompt, **kwargs):
+        """Continue an interleaved prompt (list of str / PIL images / features); see
+        :func:`fromage_mini.generate.generate`."""
+        from .generate import generate
+        return generate(self, prompt, **kwargs)
+
+    def caption(self, images_or_features, max_new_tokens: int = 32):
+        """Greedy captions; see :func:`fromage_mini.generate.caption`."""
+        from .generate import caption
+        return caption(self, images_or_features, max_new_tokens=max_new_tokens)
+
+    # ------------------------------------------------------------------------------------------
     # checkpoints (implemented in checkpoint.py)
     def save_pretrained(self, folder):
         """Write the trained tensors (safetensors) and the config (JSON) to ``folder``."""

@@ -1,0 +1,148 @@
+"""Multi-turn dialogue with images in and retrieved images out.
+
+Python::
+
+    chat = Dialogue(model, index)
+    print(chat.ask("what shape is this?", image=Image.open("circle.png")))
+    print(chat.ask("show me one in blue [RET]"))  # or let the model emit [RET] itself
+
+Command line (one question per line on stdin; ``/image PATH`` attaches an image to the next
+question, ``/reset`` starts over, ``/quit`` or end of input exits)::
+
+    fromage-mini chat --model CKPT [--index DIR] [--image PATH]... [--out-dir DIR]
+
+Retrieved images are copied to ``--out-dir`` and their paths printed.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from .generate import GenerationResult, generate
+from .io import FromageError
+
+
+class Dialogue:
+    """A conversation in the original notebook's format: each turn adds ``"Q: <text>\\nA:"`` (after
+    its image, if any), the model answers up to the newline, and the answer plus ``"\\n"`` joins
+    the history. A [RET] the model emits stays in the history as the [RET] token.
+
+    Args:
+        model: a :class:`~fromage_mini.model.Fromage`.
+        index: a retrieval index (``search`` / ``metadata`` / ``len``) or None.
+        context: items (text or images) placed before the first question.
+        **generate_kwargs: passed to :func:`~fromage_mini.generate.generate` each turn
+            (``max_new_tokens``, ``ret_scale_factor``, ``temperature``, ``top_p``, ``seed`` ...).
+    """
+
+    def __init__(self, model, index=None, context=None, **generate_kwargs):
+        self.model, self.index = model, index
+        self.context = list(context or [])
+        self.generate_kwargs = {"stop": ("\n",)} | generate_kwargs
+        self.history: list = list(self.context)
+
+    def ask(self, text: str, image=None) -> GenerationResult:
+        """Ask one question (optionally about ``image``: PIL, path or tensor); returns the answer."""
+        if image is not None:
+            if isinstance(image, (str, Path)):
+                from .evaluate import load_image
+                image = load_image(image)
+            self.history.append(image)
+        self.history.append(f"Q: {text}\nA:")
+        result = generate(self.model, self.history, index=self.index, **self.generate_kwargs)
+        self.history.append(result.text + "\n")
+        return result
+
+    def reset(self) -> None:
+        """Forget the conversation (the initial ``context`` stays)."""
+        self.history = list(self.context)
+
+
+def load_index(path):
+    """Load a saved retrieval index folder with ``fromage_mini.index``."""
+    try:
+        from . import index as index_module
+    except ImportError as e:
+        raise FromageError(f"retrieval needs fromage_mini.index, which could not be imported ({e})") from None
+    if hasattr(index_module, "load_index"):
+        return index_module.load_index(path)
+    cls = getattr(index_module, "RetrievalIndex", None)
+    for name in ("load", "from_dir", "from_pretrained"):
+        if cls is not None and hasattr(cls, name):
+            return getattr(cls, name)(path)
+    raise FromageError("fromage_mini.index has no loader (load_index or RetrievalIndex.load)")
+
+
+def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None) -> list[str]:
+    """Copy each retrieved image file into ``out_dir``; return one printable line per result."""
+    lines = []
+    for r, part in enumerate(result.retrievals):
+        for j, (i, meta) in enumerate(zip(part.ids, part.metadata)):
+            src = meta.get("path")
+            label = meta.get("caption", "")
+            if src:
+                src = Path(src)
+                if not src.is_absolute() and index_dir is not None and not src.exists():
+                    src = Path(index_dir) / src
+            if src and src.exists():
+                dst = Path(out_dir) / f"turn{turn:03d}_ret{r}_{j}_{i}{src.suffix}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                lines.append(f"[image] {dst}  {label}".rstrip())
+            else:
+                lines.append(f"[image #{i}] {meta.get('url') or src or '(no file)'}  {label}".rstrip())
+    return lines
+
+
+def _run(args) -> int:
+    from .evaluate import load_image, load_model
+
+    model = load_model(args.model, args.device)
+    index = load_index(args.index) if args.index else None
+    chat = Dialogue(model, index, context=[load_image(p) for p in args.image],
+                    max_new_tokens=args.max_new_tokens, ret_scale_factor=args.ret_scale_factor,
+                    temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                    max_retrievals=args.max_retrievals, images_per_ret=args.images_per_ret)
+    interactive = sys.stdin.isatty()
+    pending, turn = None, 0
+    while True:
+        if interactive:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/image"):
+            pending = load_image(line[len("/image"):].strip())
+            print("(image attached to the next question)", flush=True)
+            continue
+        if line == "/reset":
+            chat.reset()
+            pending = None
+            print("(conversation reset)", flush=True)
+            continue
+        result = chat.ask(line, image=pending)
+        pending, turn = None, turn + 1
+        print("A:" + result.text.rstrip(), flush=True)
+        for out in save_retrieved(result, args.out_dir, turn, args.index):
+            print(out, flush=True)
+
+
+def register(sub):
+    p = sub.add_parser("chat", help="talk with a trained model; images in and retrieved images out")
+    p.add_argument("--model", required=True, help="checkpoint folder written by save_pretrained")
+    p.add_argument("--index", help="retrieval index folder (enables retrieval)")
+    p.add_argument("--image", action="append", default=[], help="image placed before the first question")
+    p.add_argument("--out-dir", default="runs/chat", help="where retrieved images are copied")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--ret-scale-factor", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-retrievals", type=int, default=1)
+    p.add_argument("--images-per-ret", type=int, default=1)
+    p.set_defaults(func=_run)

@@ -1,0 +1,518 @@
+"""Evaluations: caption↔image recall, VIST contextual retrieval, VisDial answer ranking and retrieval.
+
+The default is the *corrected* protocol. ``faithful_to_original=True`` reproduces the original
+scripts' quirks (reference §7), which changes the published numbers:
+
+=====================  ==========================================  ==========================================
+eval                   corrected (default)                         faithful_to_original=True
+=====================  ==========================================  ==========================================
+VIST retrieval         captions sorted by                          file order; a BOS before *every* caption;
+                       ``worker_arranged_photo_order``; one BOS;   images squashed to 224×224 first
+                       images through the tower's own processor
+VisDial answers        log p(answer | image, dialogue), causal     cross-entropy *without* the shift (logit t
+                       shift, answer tokenized without BOS;        scores token t), a BOS before each option;
+                       NDCG on round ``round_id - 1`` (1-based)    NDCG on the flat index ``i·10 + round_id``
+                                                                   (one round late); 224×224 squash
+VisDial retrieval      dialogue → image (T2I), cosine              ranks dialogues per image (I→T, labelled
+                                                                   T2I), unnormalised image vectors; squash
+=====================  ==========================================  ==========================================
+
+Images can be given everywhere as PIL images, file paths, (D,) pooled features or (3, H, W)
+pixels; features are computed once per image (:func:`compute_features`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .generate import build_inputs, inference
+from .io import FromageError, read_json, write_json
+from .losses import recall_at_k
+from .scoring import candidate_scores, image_vectors, log_likelihood, text_vectors
+
+SQUASH = (224, 224)  # the original resized every eval image to this, ignoring its aspect ratio
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+def load_image(path, squash: bool = False):
+    """Open an image file as RGB (``squash``: resize to 224×224 first, as the original did)."""
+    from PIL import Image
+
+    try:
+        im = Image.open(path)
+        if squash:
+            im = im.resize(SQUASH)
+        return im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise FromageError(f"{path}: cannot read image ({e})") from None
+
+
+def find_images(folder) -> dict[str, Path]:
+    """Image files under ``folder`` by id: the file stem, and the number its stem ends with.
+
+    ``VisualDialog_val2018_000000185565.jpg`` is found as ``"185565"``; VIST's ``1234.jpg`` as ``"1234"``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FromageError(f"{folder}: image folder not found")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            found.setdefault(p.stem, p)
+            m = re.search(r"(\d+)$", p.stem)
+            if m:
+                found.setdefault(str(int(m.group(1))), p)
+    return found
+
+
+@inference
+def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
+                     batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """{id: PIL / path / (D,) feature / (3, H, W) pixels} -> {id: (D,) pooled feature}, in batches."""
+    from .generate import image_features
+
+    keys = list(images)
+    out: dict[str, torch.Tensor] = {}
+    for s in range(0, len(keys), batch_size):
+        chunk = keys[s: s + batch_size]
+        items = []
+        for k in chunk:
+            im = images[k]
+            if isinstance(im, (str, Path)):
+                im = load_image(im, squash)
+            elif squash and not torch.is_tensor(im):
+                im = im.resize(SQUASH)
+            items.append(im)
+        for k, f in zip(chunk, image_features(model, items)):
+            out[k] = f
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """scores (N, M), target (N,) column of the right answer -> (N,) 1-based ranks (ties count in its favour)."""
+    right = scores.gather(1, target.long()[:, None])  # (N, 1)
+    return (scores > right).sum(1) + 1
+
+
+def rank_metrics(ranks: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """1-based ranks -> R@k (fraction with rank <= k), MRR and mean rank."""
+    r = ranks.float()
+    out = {f"R@{k}": (r <= k).float().mean().item() for k in ks}
+    out["MRR"] = r.reciprocal().mean().item()
+    out["mean_rank"] = r.mean().item()
+    return out
+
+
+def ndcg(scores: torch.Tensor, relevance: torch.Tensor) -> float:
+    """VisDial NDCG (the challenge starter code's definition), averaged over rows.
+
+    For each row with K options of non-zero relevance: DCG of the K best-scored options,
+    Σ_j rel_j / log2(j + 2), divided by the DCG of the K most relevant ones. Rows with no relevant
+    option are skipped. scores, relevance: (N, M).
+    """
+    vals = []
+    for s, rel in zip(scores.float(), relevance.float()):
+        K = int((rel != 0).sum())
+        if K == 0:
+            continue
+        disc = torch.log2(torch.arange(K).float() + 2)
+        dcg = (rel[s.argsort(descending=True, stable=True)[:K]] / disc).sum()
+        best = (rel.sort(descending=True).values[:K] / disc).sum()
+        vals.append((dcg / best).item())
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# caption <-> image recall
+@inference
+def recall_at_k_dataset(model, pairs, ks=(1, 5, 10), *, batch_size: int = 32) -> dict[str, float]:
+    """Recall@k over a set of (caption, image) pairs, both directions, among the set's own items.
+
+    Text side: ``</s> caption [RET]`` (as in training); image side: the image head. Cosine scores.
+    Returns ``{"n", "t2i_R@k", "i2t_R@k"}``.
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise FromageError("no (caption, image) pairs to evaluate")
+    feats = compute_features(model, {str(i): im for i, (_, im) in enumerate(pairs)}, batch_size=batch_size)
+    t = F.normalize(text_vectors(model, [c for c, _ in pairs], batch_size=batch_size), dim=-1)
+    v = F.normalize(image_vectors(model, torch.stack(list(feats.values())), batch_size=batch_size), dim=-1)
+    scores = (t @ v.T).cpu()  # (N, N): caption i against image j
+    ks = [k for k in ks if k <= len(pairs)]
+    out: dict[str, float] = {"n": len(pairs)}
+    out |= {f"t2i_{name}": val for name, val in recall_at_k(scores, ks).items()}
+    out |= {f"i2t_{name}": val for name, val in recall_at_k(scores.T, ks).items()}
+    return out
+
+
+def read_pairs(path, image_root=None) -> list[tuple[str, Path]]:
+    """(caption, image path) pairs from a JSON list (``{"caption", "image"}`` objects or 2-lists)
+    or a TSV/CSV with ``caption`` and ``image`` columns. Relative image paths are resolved against
+    ``image_root`` (default: the file's folder)."""
+    path = Path(path)
+    root = Path(image_root) if image_root else path.parent
+    rows: list = []
+    if path.suffix == ".json":
+        for r in read_json(path):
+            rows.append((r["caption"], r["image"]) if isinstance(r, dict) else (r[0], r[1]))
+    else:
+        if not path.exists():
+            raise FromageError(f"{path}: file not found")
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix in (".tsv", ".txt") else ",")
+            if not reader.fieldnames or not {"caption", "image"} <= set(reader.fieldnames):
+                raise FromageError(f"{path}: needs a header with 'caption' and 'image' columns")
+            rows = [(r["caption"], r["image"]) for r in reader]
+    return [(c, root / im) for c, im in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# contextual image retrieval (VIST, ShapesWorld stories)
+@dataclass
+class Story:
+    """Captions and image ids of one story. ``order``: each entry's position as the worker arranged it."""
+
+    id: str
+    captions: list[str]
+    images: list[str]
+    order: list[int] | None = None
+
+    def in_order(self) -> Story:
+        """The story sorted by ``order`` (the original kept the file order)."""
+        if self.order is None:
+            return self
+        idx = sorted(range(len(self.order)), key=lambda i: self.order[i])
+        return Story(self.id, [self.captions[i] for i in idx], [self.images[i] for i in idx],
+                     sorted(self.order))
+
+
+def read_vist(path) -> tuple[list[Story], dict[str, str]]:
+    """The official VIST story-in-sequence JSON -> (stories in file order, {image id: url}).
+
+    ``annotations`` is a list of one-element lists ``[{story_id, photo_flickr_id, text,
+    worker_arranged_photo_order, ...}]``; entries are grouped by ``story_id`` (first-seen order).
+    ``images`` entries give ``id`` and ``url_o`` (``url_m`` as a fallback).
+    """
+    raw = read_json(path)
+    try:
+        stories: dict[str, Story] = {}
+        for ann in raw["annotations"]:
+            a = ann[0] if isinstance(ann, list) else ann
+            sid = str(a["story_id"])
+            s = stories.setdefault(sid, Story(sid, [], [], []))
+            s.captions.append(a["text"])
+            s.images.append(str(a["photo_flickr_id"]))
+            s.order.append(int(a["worker_arranged_photo_order"]))
+        urls = {str(im["id"]): im.get("url_o") or im.get("url_m") for im in raw.get("images", [])}
+    except (KeyError, TypeError, IndexError) as e:
+        raise FromageError(f"{path}: not a VIST story-in-sequence file (missing {e})") from None
+    return list(stories.values()), {k: u for k, u in urls.items() if u}
+
+
+def read_story_list(path, caption_key: str = "caption", image_key: str = "image",
+                    image_root=None) -> tuple[list[Story], dict[str, Path]]:
+    """ShapesWorld-style stories: a JSON list of stories, each a list of ``{"caption", "image"}``
+    entries (or a dict holding that list under ``"scenes"``/``"entries"``, with an optional ``"id"``).
+
+    Returns (stories, {image id: path}); an image value is a path relative to ``image_root``
+    (default: the JSON file's folder) and is its own id. Change the keys for other layouts.
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root else path.parent
+    stories, paths = [], {}
+    for n, st in enumerate(read_json(path)):
+        sid = str(n)
+        if isinstance(st, dict):
+            sid = str(st.get("id", n))
+            st = st.get("scenes") or st.get("entries") or []
+        try:
+            caps = [e[caption_key] for e in st]
+            ims = [str(e[image_key]) for e in st]
+        except (KeyError, TypeError) as e:
+            raise FromageError(f"{path}: story {sid} has an entry without {e}") from None
+        stories.append(Story(sid, caps, ims))
+        for im in ims:
+            paths[im] = root / im
+    return stories, paths
+
+
+def story_prompt(story: Story, images: Mapping[str, Any], n_captions: int = 5, n_images: int = 4) -> list:
+    """``[caption_1, image_1, ..., image_{L-1}, caption_L]`` keeping the last ``n_captions``
+    captions and the last ``n_images`` context images (the paper's Table 1 settings)."""
+    L = len(story.captions)
+    prompt = []
+    for j in range(L - 1):
+        if j >= L - n_captions:
+            prompt.append(story.captions[j])
+        if j >= L - 1 - n_images:
+            prompt.append(images[story.images[j]])
+    prompt.append(story.captions[-1])
+    return prompt
+
+
+@inference
+def contextual_retrieval(model, stories: list[Story], images: Mapping[str, Any], *, n_captions: int = 5,
+                         n_images: int = 4, ks=(1, 5, 10), faithful_to_original: bool = False,
+                         batch_size: int = 16) -> dict[str, float]:
+    """Retrieve each story's last image from its earlier captions and images (VIST protocol).
+
+    The prompt is :func:`story_prompt` followed by [RET]; candidates are all of ``images``
+    (id -> PIL / path / feature), minus the story's earlier images; stories with an image missing
+    from ``images`` are skipped. Scores are cosine similarities. See the module docstring for
+    what ``faithful_to_original`` changes (its 224×224 squash applies to images given as PIL or
+    paths; precomputed features are used as given). Returns ``{"n", "skipped", "candidates", "R@k"...}``.
+    """
+    feats = compute_features(model, images, squash=faithful_to_original)
+    ids = list(feats)
+    col = {k: i for i, k in enumerate(ids)}
+    kept = [s if faithful_to_original else s.in_order() for s in stories]
+    kept = [s for s in kept if all(i in col for i in s.images)]
+    if not kept:
+        raise FromageError("no story has all of its images available")
+    prompts = [story_prompt(s, feats, n_captions, n_images) for s in kept]
+    t = text_vectors(model, prompts, batch_size=batch_size, bos="per_text" if faithful_to_original else "once")
+    v = image_vectors(model, torch.stack([feats[k] for k in ids]))
+    scores = (F.normalize(t, dim=-1) @ F.normalize(v, dim=-1).T).cpu()  # (n_stories, n_candidates)
+    for row, s in enumerate(kept):
+        scores[row, [col[i] for i in s.images[:-1]]] = float("-inf")
+    target = torch.tensor([col[s.images[-1]] for s in kept])
+    ranks = target_ranks(scores, target)
+    out = {"n": len(kept), "skipped": len(stories) - len(kept), "candidates": len(ids)}
+    return out | {name: val for name, val in rank_metrics(ranks, ks).items() if name.startswith("R@")}
+
+
+# ---------------------------------------------------------------------------------------------
+# VisDial
+@dataclass
+class VisDialRound:
+    question: str
+    answer: str | None = None
+    options: list[str] = field(default_factory=list)
+    gt_index: int | None = None
+
+
+@dataclass
+class VisDialDialog:
+    image_id: str
+    caption: str
+    rounds: list[VisDialRound]
+
+
+def read_visdial(path) -> list[VisDialDialog]:
+    """The official VisDial v1.0 JSON: ``data.dialogs[i]`` with ``image_id``, ``caption`` and
+    ``dialog[r]`` = ``{question, answer, answer_options, gt_index}`` as indices into
+    ``data.questions`` / ``data.answers`` (the test split lacks some answers and gt indices)."""
+    raw = read_json(path)
+    try:
+        data = raw["data"]
+        qs, ans = data["questions"], data["answers"]
+        out = []
+        for d in data["dialogs"]:
+            rounds = [VisDialRound(qs[r["question"]], ans[r["answer"]] if "answer" in r else None,
+                                   [ans[o] for o in r.get("answer_options", [])], r.get("gt_index"))
+                      for r in d["dialog"]]
+            out.append(VisDialDialog(str(d["image_id"]), d.get("caption", ""), rounds))
+    except (KeyError, TypeError, IndexError) as e:
+        raise FromageError(f"{path}: not a VisDial v1.0 file (bad or missing {e})") from None
+    return out
+
+
+def read_visdial_dense(path) -> dict[str, dict]:
+    """Dense annotations -> {image id: {"round_id": 1-based round, "relevance": [M floats]}}."""
+    try:
+        return {str(a["image_id"]): {"round_id": int(a["round_id"]),
+                                     "relevance": a.get("gt_relevance", a.get("relevance"))}
+                for a in read_json(path)}
+    except (KeyError, TypeError) as e:
+        raise FromageError(f"{path}: not a VisDial dense-annotation file (missing {e})") from None
+
+
+def _question(q: str) -> str:
+    return "Q: " + q + "?"
+
+
+@inference
+def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[str, Any],
+                           dense: Mapping[str, dict] | None = None, *, ks=(1, 5, 10),
+                           faithful_to_original: bool = False, normalize: bool = False,
+                           batch_size: int = 32) -> dict[str, float]:
+    """Rank each round's answer options by their likelihood given the image and the dialogue so far.
+
+    Prompt for round r: ``[image, "Q: q_1?\\nA: a_1\\n...\\nQ: q_r?\\nA:"]``; each option is scored
+    as ``log p(" " + option | prompt)`` (sum over its tokens; ``normalize``: mean). Dialogues
+    whose image is missing from ``images`` are skipped. Returns R@k, MRR, mean rank over every
+    round with a ``gt_index``, and NDCG over the dense rounds when ``dense`` is given.
+    ``faithful_to_original``: see the module docstring.
+    """
+    feats = compute_features(model, {d.image_id: images[d.image_id] for d in dialogs if d.image_id in images},
+                             squash=faithful_to_original)
+    tok = model.tokenizer
+    flat: list[torch.Tensor] = []  # scores of every scored round, dialog by dialog
+    where: dict[tuple[int, int], int] = {}  # (dialog index, round index) -> position in flat
+    offsets: dict[int, int] = {}
+    ranks, n_skipped = [], 0
+    for di, d in enumerate(dialogs):
+        if d.image_id not in feats:
+            n_skipped += 1
+            continue
+        offsets[di] = len(flat)
+        history: list[str] = []
+        for r, rnd in enumerate(d.rounds):
+            if rnd.options:
+                if faithful_to_original:  # "...\nA: " with BOS, each option with its own BOS, unshifted
+                    ctx = build_inputs(model, [feats[d.image_id], "\n".join(history + [_question(rnd.question)])
+                                               + "\nA: "])
+                    cands = [tok(o, add_special_tokens=True).input_ids for o in rnd.options]
+                    s = candidate_scores(model, ctx, cands, shift=False, batch_size=batch_size)
+                else:
+                    ctx_text = "\n".join(history + [_question(rnd.question)]) + "\nA:"
+                    s = log_likelihood(model, [feats[d.image_id], ctx_text], [" " + o for o in rnd.options],
+                                       normalize=normalize, batch_size=batch_size)
+                where[(di, r)] = len(flat)
+                flat.append(s)
+                if rnd.gt_index is not None:
+                    ranks.append(int(target_ranks(s[None], torch.tensor([rnd.gt_index]))[0]))
+            history += [_question(rnd.question), f"A: {rnd.answer}"]
+    out: dict[str, float] = {"rounds": len(ranks), "skipped_dialogs": n_skipped}
+    if ranks:
+        out |= rank_metrics(torch.tensor(ranks), ks)
+    if dense:
+        rows, rels = [], []
+        for di, d in enumerate(dialogs):
+            ann = dense.get(d.image_id)
+            if ann is None or di not in offsets:
+                continue
+            if faithful_to_original:  # the original's flat index i*10 + round_id: one round late
+                pos = offsets[di] + ann["round_id"]
+                if pos >= len(flat):
+                    continue
+            else:
+                pos = where.get((di, ann["round_id"] - 1))
+                if pos is None:
+                    continue
+            rows.append(flat[pos])
+            rels.append(torch.tensor(ann["relevance"], dtype=torch.float))
+        if rows:
+            out["NDCG"] = ndcg(torch.stack(rows), torch.stack(rels))
+            out["dense_rounds"] = len(rows)
+    return out
+
+
+def dialogue_text(d: VisDialDialog, rounds: int = 10) -> str:
+    """``"Q: q_1? A: a_1. Q: q_2? A: a_2. ..."`` over the first ``rounds`` rounds (the original's format)."""
+    return " ".join(f"{_question(r.question)} A: {r.answer}." for r in d.rounds[:rounds])
+
+
+@inference
+def visdial_image_retrieval(model, dialogs: list[VisDialDialog], images: Mapping[str, Any], *, ks=(1, 5, 10),
+                            rounds: int = 10, faithful_to_original: bool = False,
+                            batch_size: int = 16) -> dict:
+    """Dialogue -> image retrieval among the dialogues' own images (VisDial "T2I").
+
+    Text side: :func:`dialogue_text` followed by [RET]. Corrected: for each dialogue, rank all
+    images by cosine. ``faithful_to_original``: for each *image* rank all dialogues by
+    ``v · t̂`` with v unnormalised (what the original computed under the T2I label).
+    """
+    kept = [d for d in dialogs if d.image_id in images]
+    if not kept:
+        raise FromageError("no dialogue has its image available")
+    feats = compute_features(model, {d.image_id: images[d.image_id] for d in kept}, squash=faithful_to_original)
+    t = F.normalize(text_vectors(model, [dialogue_text(d, rounds) for d in kept], batch_size=batch_size), dim=-1)
+    v = image_vectors(model, torch.stack([feats[d.image_id] for d in kept]))
+    if faithful_to_original:
+        scores, direction = (v @ t.T).cpu(), "image->dialogue (the original's, labelled T2I)"
+    else:
+        scores, direction = (t @ F.normalize(v, dim=-1).T).cpu(), "dialogue->image"
+    ranks = target_ranks(scores, torch.arange(len(kept)))
+    out = {"n": len(kept), "skipped": len(dialogs) - len(kept), "direction": direction}
+    return out | {name: val for name, val in rank_metrics(ranks, ks).items() if name.startswith("R@")}
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: fromage-mini eval --model CKPT {recall,vist,visdial} ...
+def load_model(path, device: str = "auto"):
+    """A trained model from a ``save_pretrained`` folder, on ``device`` ("auto": CUDA if available), in eval mode."""
+    from .model import Fromage
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Fromage.from_pretrained(path, device=device).to(device).eval()
+
+
+def _run(args) -> int:
+    model = load_model(args.model, args.device)
+    ks = tuple(int(k) for k in args.ks.split(","))
+    faithful = args.faithful_to_original
+    if args.task == "recall":
+        pairs = read_pairs(args.pairs, args.image_root)[: args.limit]
+        result = recall_at_k_dataset(model, pairs, ks, batch_size=args.batch_size)
+    elif args.task == "vist":
+        if args.stories:
+            stories, paths = read_story_list(args.stories, image_root=args.images)
+        else:
+            if not (args.annotations and args.images):
+                raise FromageError("vist needs --annotations SIS.json --images DIR, or --stories FILE")
+            stories, _ = read_vist(args.annotations)
+            found = find_images(args.images)
+            used = {i for s in stories for i in s.images}
+            paths = {i: found[i] for i in used if i in found}
+        stories = stories[: args.limit]
+        result = contextual_retrieval(model, stories, paths, n_captions=args.captions, n_images=args.context_images,
+                                      ks=ks, faithful_to_original=faithful, batch_size=args.batch_size)
+    else:
+        dialogs = read_visdial(args.data)[: args.limit]
+        found = find_images(args.images)
+        paths = {d.image_id: found[d.image_id] for d in dialogs if d.image_id in found}
+        result = {}
+        if args.part in ("answers", "both"):
+            dense = read_visdial_dense(args.dense) if args.dense else None
+            result["answers"] = visdial_answer_ranking(model, dialogs, paths, dense, ks=ks,
+                                                       faithful_to_original=faithful, batch_size=args.batch_size)
+        if args.part in ("retrieval", "both"):
+            result["retrieval"] = visdial_image_retrieval(model, dialogs, paths, ks=ks,
+                                                          faithful_to_original=faithful)
+    result = {"task": args.task, "protocol": "faithful_to_original" if faithful else "corrected", **result}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("eval", help="evaluate a trained model (recall, VIST, VisDial)")
+    p.add_argument("--model", required=True, help="checkpoint folder written by save_pretrained")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ks", default="1,5,10", help="comma-separated recall cut-offs")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--faithful-to-original", action="store_true",
+                   help="reproduce the original scripts' scoring quirks (see fromage_mini/evaluate.py)")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    tasks = p.add_subparsers(dest="task", required=True)
+    r = tasks.add_parser("recall", help="caption<->image recall@k over a set of pairs")
+    r.add_argument("--pairs", required=True, help="JSON list of {caption, image} or TSV/CSV with those columns")
+    r.add_argument("--image-root", help="folder the image paths are relative to (default: the pairs file's)")
+    v = tasks.add_parser("vist", help="contextual image retrieval (VIST protocol)")
+    v.add_argument("--annotations", help="VIST val.story-in-sequence.json")
+    v.add_argument("--images", help="image folder (VIST: files named by photo id)")
+    v.add_argument("--stories", help="ShapesWorld stories JSON instead of VIST")
+    v.add_argument("--captions", type=int, default=5, help="captions kept in the prompt")
+    v.add_argument("--context-images", type=int, default=4, help="context images kept in the prompt")
+    d = tasks.add_parser("visdial", help="VisDial answer ranking and dialogue->image retrieval")
+    d.add_argument("--data", required=True, help="visdial_1.0_val.json")
+    d.add_argument("--dense", help="visdial_1.0_val_dense_annotations.json (for NDCG)")
+    d.add_argument("--images", required=True, help="VisualDialog_val2018 image folder")
+    d.add_argument("--part", choices=["answers", "retrieval", "both"], default="both")
+    p.set_defaults(func=_run)
