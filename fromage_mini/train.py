@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -228,20 +229,29 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     from tqdm.auto import tqdm
 
     from . import Fromage
+    from . import distributed as dist
 
+    ddp = dist.init_from_env()  # launched by torchrun? (no-op otherwise)
+    main = dist.is_main()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # same seed on every rank: same adapters, same data order
+    device = dist.local_device() if ddp else pick_device(cfg.device)
+    if cfg.batch_size % dist.world():
+        raise FromageError(f"batch_size {cfg.batch_size} must divide by the {dist.world()} ranks")
     model = Fromage(model_cfg, device=device).to(device)
-    write_json(out / "config.json", {"model": model_cfg.to_dict(), "train": cfg.to_dict()})
+    if main:
+        write_json(out / "config.json", {"model": model_cfg.to_dict(), "train": cfg.to_dict()})
     if cfg.grad_accum > 1:
         warnings.warn(f"grad_accum={cfg.grad_accum}: gradient accumulation enlarges the LM batch but NOT the "
                       f"contrastive one - InfoNCE still sees only {cfg.batch_size} negatives per step", stacklevel=2)
 
     t_cache = time.time()
-    train_cache = cached_split(model, cfg.train_data, cfg.cache_dir, "train", log)
-    val_cache = cached_split(model, cfg.val_data, cfg.cache_dir, "val", log)
+    for turn in (True, False):  # rank 0 builds the caches, then the others open them
+        if main == turn:
+            train_cache = cached_split(model, cfg.train_data, cfg.cache_dir, "train", log)
+            val_cache = cached_split(model, cfg.val_data, cfg.cache_dir, "val", log)
+        dist.barrier()
     cache_seconds = time.time() - t_cache
     log(f"features: {len(train_cache)} train, {len(val_cache)} val (dim {train_cache.dim}), {cache_seconds:.1f}s")
     if len(train_cache) < cfg.batch_size:
@@ -262,13 +272,14 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     autocast = autocast_for(device, cfg.precision)
     flops = flops_per_sample(model, model_cfg.n_visual_tokens + model_cfg.max_len, model_cfg.max_len)
     peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
-    log_f = open(out / "log.csv", "a", newline="")
+    net = dist.wrap_ddp(model, device) if ddp else model  # DDP over the adapters only
+    log_f = open(out / "log.csv", "a", newline="") if main else open(os.devnull, "w")
     writer = csv.writer(log_f)
     if state["step"] == 0:
         writer.writerow(["step", "loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss", "t2i_R@1", "i2t_R@1",
                          "lr", "samples_per_s", "mfu"])
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step")
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step", disable=not main)
     t_last, n_since = time.time(), 0
     while state["step"] < cfg.max_steps:
         step = state["step"]
@@ -276,20 +287,23 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
         for g in opt.param_groups:
             g["lr"] = lr
         t0 = time.time()
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             if state["pos"] + B > N:  # next epoch, new permutation (drop the ragged tail)
                 state["epoch"] += 1
                 state["pos"] = 0
                 perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
             idx = perm[state["pos"]: state["pos"] + B].tolist()
             state["pos"] += B
+            idx = dist.shard_indices(idx)  # this rank's B / world samples of the global batch
             batch = model.tokenize([train_cache.captions[i] for i in idx])
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             feats = train_cache.features(idx)
             feats = (feats.pin_memory() if device.type == "cuda" else feats).to(device, non_blocking=True)
-            with autocast:
-                o = model(**batch, features=feats)
-            (o.loss / cfg.grad_accum).backward()
+            sync = net.no_sync() if ddp and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+            with sync, autocast:
+                o = net(**batch, features=feats)
+            with sync:
+                (o.loss / cfg.grad_accum).backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -308,10 +322,10 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
             log_f.flush()
             bar.set_postfix(loss=f"{o.loss.item():.3f}", r1=f"{o.metrics['t2i_R@1']:.2f}", sps=f"{sps:.0f}")
             t_last, n_since = time.time(), 0
-        out_of_time = cfg.max_seconds is not None and state["train_seconds"] >= cfg.max_seconds
+        out_of_time = dist.broadcast_from_main(cfg.max_seconds is not None and state["train_seconds"] >= cfg.max_seconds)
         done = state["step"] == cfg.max_steps or out_of_time
-        if state["step"] % cfg.val_every == 0 or done:
-            res = validate(model, val_cache, cfg)
+        if (state["step"] % cfg.val_every == 0 or done) and main:
+            res = validate(model, val_cache, cfg)  # the unwrapped model: no collectives
             state["history"].append({"step": state["step"], **{k: v for k, v in res.items() if k != "captions"},
                                      **({"captions": {k: v for k, v in res["captions"].items() if k != "examples"}}
                                         if "captions" in res else {})})
@@ -324,16 +338,21 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
                 path = save_checkpoint(out, model, opt, state, f"step_{state['step']:06d}")
                 point(out, "best", path)
                 point(out, "last", path)
-        if (state["step"] % cfg.ckpt_every == 0 or done) and resolve_pointer(out, "last") != \
+        if (state["step"] % cfg.ckpt_every == 0 or done) and main and resolve_pointer(out, "last") != \
                 out / "checkpoints" / f"step_{state['step']:06d}":
             path = save_checkpoint(out, model, opt, state, f"step_{state['step']:06d}")
             point(out, "last", path)
             _prune(out)
+        if done or state["step"] % cfg.val_every == 0 or state["step"] % cfg.ckpt_every == 0:
+            dist.barrier()  # other ranks wait while rank 0 validates and writes checkpoints
         if out_of_time:
             log(f"stopping at step {state['step']}: max_seconds={cfg.max_seconds} reached")
             break
     bar.close()
     log_f.close()
+    if not main:  # rank 0 holds the validation results and writes the outputs
+        dist.shutdown()
+        return {}
     best = state["best"]
     metrics = {"t2i": best["t2i"], "i2t": best["i2t"], "best_step": best["step"],
                "train_seconds": round(state["train_seconds"], 2), "cache_seconds": round(cache_seconds, 2),
@@ -343,6 +362,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
         metrics["captions"] = best["captions"]
     write_json(out / "metrics.json", metrics)
     plot_curves(out)
+    dist.shutdown()
     return metrics
 
 
