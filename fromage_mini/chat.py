@@ -74,8 +74,13 @@ def load_index(path):
     raise FromageError("fromage_mini.index has no loader (load_index or RetrievalIndex.load)")
 
 
-def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None) -> list[str]:
-    """Copy each retrieved image file into ``out_dir``; return one printable line per result."""
+def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None, fetch_urls: bool = False,
+                   timeout: float = 5.0) -> list[str]:
+    """Copy each retrieved image file into ``out_dir``; return one printable line per result.
+
+    Results known only by URL are printed as URLs; with ``fetch_urls`` they are downloaded (bounded
+    by a timeout, a size limit and a content-type check) and a failure is reported, not raised.
+    """
     lines = []
     for r, part in enumerate(result.retrievals):
         for j, (i, meta) in enumerate(zip(part.ids, part.metadata)):
@@ -90,6 +95,17 @@ def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
                 lines.append(f"[image] {dst}  {label}".rstrip())
+            elif fetch_urls and meta.get("url"):
+                from .fetch import fetch_image
+
+                got = fetch_image(meta["url"], timeout=timeout)
+                if got.image is not None:
+                    dst = Path(out_dir) / f"turn{turn:03d}_ret{r}_{j}_{i}.png"
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    got.image.save(dst)
+                    lines.append(f"[image] {dst}  {label}".rstrip())
+                else:
+                    lines.append(f"[image #{i}] {meta['url']} (not fetched: {got.error})  {label}".rstrip())
             else:
                 lines.append(f"[image #{i}] {meta.get('url') or src or '(no file)'}  {label}".rstrip())
     return lines
@@ -127,7 +143,7 @@ def _run(args) -> int:
         result = chat.ask(line, image=pending)
         pending, turn = None, turn + 1
         print("A:" + result.text.rstrip(), flush=True)
-        for out in save_retrieved(result, args.out_dir, turn, args.index):
+        for out in save_retrieved(result, args.out_dir, turn, args.index, fetch_urls=args.fetch_urls):
             print(out, flush=True)
 
 
@@ -145,4 +161,6 @@ def register(sub):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-retrievals", type=int, default=1)
     p.add_argument("--images-per-ret", type=int, default=1)
+    p.add_argument("--fetch-urls", action="store_true",
+                   help="download retrieved images known only by URL (off by default: no network unless asked)")
     p.set_defaults(func=_run)

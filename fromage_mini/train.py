@@ -100,6 +100,8 @@ def validate(model, cache: FeatureCache, cfg: TrainConfig) -> dict:
     was_training = model.training
     model.eval()
     t, v = retrieval_vectors(model, cache, cfg.val_batch_size)
+    ok = torch.isfinite(v).all(dim=1) & torch.isfinite(t).all(dim=1)  # rows from a damaged cache
+    t, v = t[ok], v[ok]
     scores = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(v, dim=-1).T
     res = {"t2i": recall_at_k(scores), "i2t": recall_at_k(scores.T)}
     if cfg.caption_eval:
@@ -295,9 +297,15 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
             idx = perm[state["pos"]: state["pos"] + B].tolist()
             state["pos"] += B
             idx = dist.shard_indices(idx)  # this rank's B / world samples of the global batch
+            feats = train_cache.features(idx)
+            ok = torch.isfinite(feats).all(dim=1)  # a damaged cache file: skip the row, count it
+            if not bool(ok.all()):
+                state.setdefault("skipped_rows", {})
+                state["skipped_rows"]["non_finite_feature"] = state["skipped_rows"].get("non_finite_feature", 0) \
+                    + int((~ok).sum())
+                idx, feats = [i for i, good in zip(idx, ok.tolist()) if good], feats[ok]
             batch = model.tokenize([train_cache.captions[i] for i in idx])
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            feats = train_cache.features(idx)
             feats = (feats.pin_memory() if device.type == "cuda" else feats).to(device, non_blocking=True)
             sync = net.no_sync() if ddp and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
             with sync, autocast:
@@ -357,7 +365,8 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     metrics = {"t2i": best["t2i"], "i2t": best["i2t"], "best_step": best["step"],
                "train_seconds": round(state["train_seconds"], 2), "cache_seconds": round(cache_seconds, 2),
                "steps": state["step"], "skips": {"train": train_cache.info.get("skips", {}),
-                                                 "val": val_cache.info.get("skips", {})}}
+                                                 "val": val_cache.info.get("skips", {}),
+                                                 "training_rows": state.get("skipped_rows", {})}}
     if "captions" in best:
         metrics["captions"] = best["captions"]
     write_json(out / "metrics.json", metrics)
