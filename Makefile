@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# the main job: train FROMAGe's adapters on the shipped ShapesWorld sample (CPU, about two minutes)
 demo: $(STAMP)
-	$(BIN)/fromage-mini demo --out $(OUT)
+	$(BIN)/fromage-mini train --preset toy --out $(OUT)
 
 # unit tests and strict nbval of every notebook, in one pytest run (exit 5 = nothing ran = failure)
 test: $(STAMP)

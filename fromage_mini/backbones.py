@@ -60,6 +60,9 @@ def load_lm(name: str, dtype: torch.dtype = torch.float32, quantization_config=N
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .paths import resolve
+
+    name = resolve(name)
     try:
         tok = AutoTokenizer.from_pretrained(name)
         kw = {"dtype": dtype}
@@ -92,6 +95,9 @@ def load_vision(name: str, dtype: torch.dtype = torch.float32):
     import transformers
     from transformers import AutoConfig, AutoImageProcessor
 
+    from .paths import resolve
+
+    name = resolve(name)
     try:
         cfg = AutoConfig.from_pretrained(name)
         cls = getattr(transformers, _VISION_CLASSES.get(cfg.model_type, "AutoModel"))

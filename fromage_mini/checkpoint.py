@@ -64,7 +64,9 @@ def load_state(model, state: dict[str, torch.Tensor], source: str) -> None:
 
 def load_adapters(cls, folder, **overrides):
     """Build the model named by ``folder``'s config (with optional overrides) and load its tensors."""
-    folder = Path(folder)
+    from .paths import resolve
+
+    folder = Path(resolve(str(folder)))
     if not folder.is_dir():
         raise FromageError(f"{folder}: not a checkpoint folder (expected {CONFIG} and {WEIGHTS} inside)")
     try:

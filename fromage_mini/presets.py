@@ -10,12 +10,10 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from .config import FromageConfig
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "data_samples"
+SAMPLES = "data_samples"  # resolved by fromage_mini.paths.resolve from any working directory
 
 
 @dataclasses.dataclass
@@ -52,16 +50,16 @@ class TrainConfig:
 
 PRESETS: dict[str, tuple[dict, dict]] = {
     "toy": (
-        dict(lm=str(SAMPLES / "toy_lm"), vision=str(SAMPLES / "toy_clip"), n_visual_tokens=8,
+        dict(lm=f"{SAMPLES}/toy_lm", vision=f"{SAMPLES}/toy_clip", n_visual_tokens=8,
              image_layout="after_bos", ret_init_text=" summary", ret_dim=256, max_len=48, concat_prob=0.0),
-        dict(train_data=str(SAMPLES / "shapesworld/train.tsv"), val_data=str(SAMPLES / "shapesworld/val.tsv"),
+        dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
              batch_size=64, lr=1e-3, warmup_steps=100, max_steps=800, max_seconds=75, val_every=400,
              caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
     ),
     "smollm2": (
-        dict(lm=str(REPO / ".cache/backbones/smollm2-135m-instruct"), vision=str(SAMPLES / "toy_clip"),
+        dict(lm=".cache/backbones/smollm2-135m-instruct", vision=f"{SAMPLES}/toy_clip",
              n_visual_tokens=4, image_layout="after_bos", ret_dim=256, max_len=48, concat_prob=0.0),
-        dict(train_data=str(SAMPLES / "shapesworld/train.tsv"), val_data=str(SAMPLES / "shapesworld/val.tsv"),
+        dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
              batch_size=32, lr=1e-3, max_steps=400, val_every=200, caption_eval=100,
              caption_metric="shapesworld", log_every=20, ckpt_every=100),
     ),

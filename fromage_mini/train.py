@@ -59,8 +59,11 @@ def cached_split(model, spec: str, cache_root, split: str, log=print) -> Feature
     """Features for one split, computed on first use and reused afterwards."""
     from .data.readers import SkipLog, open_reader
 
+    from .paths import resolve
+
     if not spec:
         raise FromageError(f"no {split} data given (set {split}_data)")
+    spec = resolve(spec)
     fp = vision_fingerprint(model.vision, model.image_processor, model.config.vision)
     folder = Path(cache_root) / fp / f"{split}-{_slug(spec)}"
     if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
