@@ -1,0 +1,82 @@
+"""Run the CPU benchmark suite and write the Markdown summary that README quotes.
+
+    make bench            # = python benchmarks/run_all.py
+    python benchmarks/run_all.py --only table     # just rebuild RESULTS.md from the JSON files
+
+Each script writes JSON to benchmarks/results/ (machine description included); the GPU results
+(``*_cuda.json``, from bench_train.py run on a GPU machine) are kept and tabulated too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CPU_RUNS = [
+    ["bench_train.py", "--lm", "opt-125m", "--vision", "vit-b/32", "--batch", "32", "--reps", "3", "--steps", "1"],
+    ["bench_train.py", "--lm", "toy", "--vision", "toy", "--batch", "64", "--reps", "3", "--steps", "3"],
+    ["bench_generate.py", "--lm", "opt-125m", "--tokens", "32,128", "--reps", "3"],
+    ["bench_index.py"],
+]
+
+
+def table() -> str:
+    out = ["# Benchmark results", "", "Written by `benchmarks/run_all.py` from the JSON files in this folder.", ""]
+    train = sorted(RESULTS.glob("train_*.json"))
+    if train:
+        out += ["## Training step: ours vs the original's scheme", "",
+                "| file | machine | LM + vision | batch | ours samples/s | original samples/s | speed-up (median, min–max) | ours MFU | ours peak GPU GiB |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for f in train:
+            r = json.loads(f.read_text())
+            mach = r["machine"].get("gpu") or r["machine"]["cpu"]
+            o, g = r["modes"].get("ours"), r["modes"].get("original")
+            sp = r.get("speedup_ours_over_original")
+            out.append(f"| {f.name} | {mach} | {r['lm']} + {r['vision']} | {r['batch']} | "
+                       f"{o['samples_per_s']['median']:.1f} | " + (f"{g['samples_per_s']['median']:.1f}" if g else "–")
+                       + " | " + (f"{sp['median']:.2f}× ({sp['min']:.2f}–{sp['max']:.2f})" if sp else "–") + " | "
+                       + (f"{o['mfu']['median']:.1%}" if o.get("mfu") else "n/a") + " | "
+                       + (f"{o['peak_gpu_mem_gib']:.1f}" if o.get("peak_gpu_mem_gib") else "n/a") + " |")
+        out.append("")
+    for f in sorted(RESULTS.glob("generate_*.json")):
+        r = json.loads(f.read_text())
+        out += ["## Generation: KV cache vs re-running the full sequence", "", f"{r['machine']['cpu']}, {r['lm']}", "",
+                "| new tokens | KV cache tok/s | full recompute tok/s | speed-up (median, min) | same tokens |",
+                "|---|---|---|---|---|"]
+        for row in r["rows"]:
+            out.append(f"| {row['new_tokens']} | {row['cached_tok_s']['median']:.1f} | {row['recompute_tok_s']['median']:.1f} "
+                       f"| {row['speedup']['median']:.1f}× ({row['speedup']['min']:.1f}) | {row['same_tokens']} |")
+        out.append("")
+    idx = RESULTS / "index.json"
+    if idx.exists():
+        r = json.loads(idx.read_text())
+        out += ["## Retrieval index (exact top-k over fp16 vectors)", "", f"{r['machine']['cpu']}, dim {r.get('dim')}", "",
+                "| rows | load (median s) | top-10 single query (median ms) |", "|---|---|---|"]
+        for row in r.get("results", []):
+            q = row.get("top10_1q_s") or {}
+            qm = q.get("median") if isinstance(q, dict) else q
+            lm = row.get("load_cold_s", {}).get("median")
+            out.append(f"| {row['rows']:,} | {lm:.4f} | " + (f"{qm * 1000:.1f}" if qm is not None else "?") + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["table"], default=None)
+    a = ap.parse_args(argv)
+    if a.only != "table":
+        for cmd in CPU_RUNS:
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], check=True)
+    text = table()
+    (RESULTS / "RESULTS.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
