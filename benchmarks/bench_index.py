@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, machine
 
-import fromage_mini.index as I  # noqa: E402
-from fromage_mini.index import IndexWriter, RetrievalIndex  # noqa: E402
-from fromage_mini.io import write_json  # noqa: E402
+import fromage_mini.index as I
+from fromage_mini.index import IndexWriter, RetrievalIndex
+from fromage_mini.io import write_json
 
 DIM = 256
 FINGERPRINT = "synthetic-bench"
@@ -103,17 +103,25 @@ def bench_size(workdir: Path, rows: int, args) -> dict:
     res["first_metadata_read_s"] = timed(lambda: idx.metadata(rows - 1))
     rng = np.random.default_rng(0)
     idx.vectors.sum(axis=0, dtype=np.float32)  # bring the vectors into the page cache
-    for q in unit_queries(rng, 2):  # warm-up
-        idx.search(q, k=10)
-    res["top10_1q_s"] = stats([timed(lambda: idx.search(q, k=10)) for q in unit_queries(rng, args.queries)])
-    idx.search(unit_queries(rng, 16), k=10)  # warm-up
-    res["top10_b16_s"] = stats([timed(lambda: idx.search(unit_queries(rng, 16), k=10))
-                                for _ in range(max(3, args.queries // 4))])
+    one, sixteen = unit_queries(rng, 2 + args.queries), unit_queries(rng, 16 * (1 + max(3, args.queries // 4)))
+    res["top10_1q_s"] = stats(search_times(idx, one, 1, warmup=2))
+    res["top10_b16_s"] = stats(search_times(idx, sixteen, 16, warmup=1))
     if args.strategies and rows == max(args.sizes):
         res["strategies"] = compare_strategies(idx, rng)
-    del idx
     shutil.rmtree(folder)
     return res
+
+
+def search_times(idx, queries: np.ndarray, batch: int, warmup: int) -> list[float]:
+    """Seconds per top-10 search of each batch of ``batch`` queries, after ``warmup`` untimed batches."""
+    times = []
+    for b in range(len(queries) // batch):
+        q = queries[b * batch:(b + 1) * batch]
+        t = time.perf_counter()
+        idx.search(q[0] if batch == 1 else q, k=10)
+        if b >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
 
 
 def numpy_chunked(idx, q: np.ndarray, k: int = 10, chunk: int = 1 << 16):
@@ -129,7 +137,7 @@ def numpy_chunked(idx, q: np.ndarray, k: int = 10, chunk: int = 1 << 16):
 
 def compare_strategies(idx, rng, reps: int = 5) -> dict:
     """Time the alternatives the search code chooses between, on one index (interleaved reps)."""
-    q1, q16 = unit_queries(rng, 1), unit_queries(rng, 16)
+    q1, q4, q16 = unit_queries(rng, 1), unit_queries(rng, 4), unit_queries(rng, 16)
 
     def with_patch(name, value, fn):
         def run():
@@ -144,10 +152,16 @@ def compare_strategies(idx, rng, reps: int = 5) -> dict:
     cases = {
         "1q fp16 mat-vec + exact rescore (chosen)": lambda: idx.search(q1, 10),
         "1q fp32 convert-in-cache + matmul": with_patch("_FP16_MAX_QUERIES", 0, lambda: idx.search(q1, 10)),
-        "1q fp16, chunk 1M rows": with_patch("_CHUNK_ROWS", 1 << 20, lambda: idx.search(q1, 10)),
-        "1q fp16, chunk 64k rows": with_patch("_CHUNK_ROWS", 1 << 16, lambda: idx.search(q1, 10)),
+        "1q fp16, chunk 256k rows": with_patch("_FP16_CHUNK_ROWS", 1 << 18, lambda: idx.search(q1, 10)),
+        "1q fp16, chunk 4M rows": with_patch("_FP16_CHUNK_ROWS", 1 << 22, lambda: idx.search(q1, 10)),
         "1q numpy fp16->fp32 chunks": lambda: numpy_chunked(idx, q1[0]),
-        "16q fp32 convert-in-cache + matmul (chosen)": lambda: idx.search(q16, 10),
+        "4q fp16 mat-vec per query (chosen)": lambda: idx.search(q4, 10),
+        "4q fp32 convert-in-cache + matmul": with_patch("_FP16_MAX_QUERIES", 0, lambda: idx.search(q4, 10)),
+        "16q fp32 convert + matmul (chosen: 4k-row steps with 1 thread, 16k with more)":
+            lambda: idx.search(q16, 10),
+        "16q fp32, 4k-row steps": with_patch("_SUB_ROWS", 4096, lambda: idx.search(q16, 10)),
+        "16q fp32, 16k-row steps": with_patch("_SUB_ROWS", 16384, lambda: idx.search(q16, 10)),
+        "16q fp32, 64k-row steps": with_patch("_SUB_ROWS", 65536, lambda: idx.search(q16, 10)),
         "16q fp16 mat-vec per query": with_patch("_FP16_MAX_QUERIES", 16, lambda: idx.search(q16, 10)),
     }
     out = {}
@@ -166,9 +180,11 @@ def compare_strategies(idx, rng, reps: int = 5) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    ms = lambda s: f"{s * 1000:.1f}"  # noqa: E731
-    lines = ["| rows | build (s) | build peak RSS (MB) | on disk (MB) | load cold (ms) | load warm (ms) "
-             "| top-10, 1 query: median / p90 (ms) | top-10, batch of 16: median / p90 (ms) |",
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:.1f}"
+
+    lines = [("| rows | build (s) | build peak RSS (MB) | on disk (MB) | load cold (ms) | load warm (ms) "
+              "| top-10, 1 query: median / p90 (ms) | top-10, batch of 16: median / p90 (ms) |"),
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['rows']:,} | {r['build_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['disk_mb']:.0f} "
@@ -189,6 +205,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20, help="single queries timed per size (after 2 warm-ups)")
     ap.add_argument("--loads", type=int, default=7, help="loads timed per size (cold and warm each)")
     ap.add_argument("--strategies", action="store_true", help="also time search alternatives on the largest size")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--workdir", default=None, help="where to build the synthetic indexes (default: a temp dir)")
     ap.add_argument("--out", default=str(RESULTS / "index.json"))
     ap.add_argument("--_build", nargs=2, help=argparse.SUPPRESS)
@@ -198,6 +215,8 @@ def main() -> None:
     args.sizes = [10_000, 100_000] if args.quick else sorted(parse_size(s) for s in args.sizes.split(","))
     if args.quick:
         args.queries, args.loads = min(args.queries, 10), min(args.loads, 3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     workdir = Path(tempfile.mkdtemp(prefix="fromage_bench_index_", dir=args.workdir))
     load_before = os.getloadavg()

@@ -20,6 +20,7 @@ COMMANDS = {
     "data": "fromage_mini.data.cc3m",
     "eval": "fromage_mini.evaluate",
     "chat": "fromage_mini.chat",
+    "index": "fromage_mini.index_build",
 }
 
 
