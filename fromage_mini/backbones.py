@@ -26,11 +26,15 @@ class LMDims:
 
 
 def pick_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
-    """Resolve a dtype name; ``"auto"`` is bf16 on a bf16-capable CUDA device and fp32 elsewhere."""
+    """Resolve a dtype name for the frozen LM.
+
+    ``"auto"``: bf16 on a bf16-capable CUDA GPU, fp16 on an older CUDA GPU, fp32 on Apple MPS and
+    on CPUs (the adapters always stay fp32).
+    """
     if name == "auto":
         dev = torch.device(device)
-        if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        if dev.type == "cuda" and torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

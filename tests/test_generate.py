@@ -205,13 +205,14 @@ def test_ret_scale_factor_raises_p_ret_even_for_negative_logit(models):
     f = feats(m, 1)
     prompt = [f[0], "a red"]
     inp = build_inputs(m, prompt)
-    saved = m.ret_embedding.detach().clone()
+    row = m.ret_output if m.ret_output is not None else m.ret_embedding  # [RET]'s output row
+    saved = row.detach().clone()
     try:
         with torch.no_grad():
+            logits, out = m.lm_forward(inp.embeds[None], torch.ones(1, len(inp.ids), dtype=torch.long))
+            h = out.last_hidden_state[0, -1].float()
+            row.copy_(-3.0 * h / h.dot(h))  # h · row = -3: a clearly negative [RET] logit
             logits, _ = m.lm_forward(inp.embeds[None], torch.ones(1, len(inp.ids), dtype=torch.long))
-            if logits[0, -1, m.ret_id] > -0.1:  # the [RET] row only sets its logit here (no [RET] in the prompt)
-                m.ret_embedding.mul_(-1.0)
-                logits, _ = m.lm_forward(inp.embeds[None], torch.ones(1, len(inp.ids), dtype=torch.long))
         r = logits[0, -1, m.ret_id].item()
         others = torch.cat([logits[0, -1, : m.ret_id], logits[0, -1, m.ret_id + 1:]]).max().item()
         assert r < 0
@@ -220,7 +221,7 @@ def test_ret_scale_factor_raises_p_ret_even_for_negative_logit(models):
         assert r * factor < others  # the original's multiplication would never have chosen [RET]
     finally:
         with torch.no_grad():
-            m.ret_embedding.copy_(saved)
+            row.copy_(saved)
 
 
 def test_stops_at_eos_and_at_the_stop_string(models, monkeypatch):
