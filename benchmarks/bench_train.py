@@ -161,7 +161,7 @@ def timed_steps(fn, n, sync) -> float:
 
 
 def print_table(res):
-    print(f"\n| mode | ms/step | samples/s | TFLOP/s | MFU | peak GPU GiB | CC3M epoch (h) |")
+    print("\n| mode | ms/step | samples/s | TFLOP/s | MFU | peak GPU GiB | CC3M epoch (h) |")
     print("|---|---|---|---|---|---|---|")
     for m, r in res["modes"].items():
         mfu = f"{r['mfu']['median']:.1%}" if r["mfu"] else "n/a"

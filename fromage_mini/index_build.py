@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import FromageError
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 

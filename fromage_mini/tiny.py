@@ -81,8 +81,16 @@ def make_tiny_lm(folder, family: str = "opt", tokenizer=None, seed: int = 0, **k
 
 def make_tiny_vision(folder, family: str = "clip", image_size: int = 32, d: int = 32, seed: int = 0) -> Path:
     """Write a tiny random vision tower + image processor ("clip", "clip-full" or "siglip")."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig, CLIPVisionModel,
-                              SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     folder = Path(folder)
     torch.manual_seed(seed)

@@ -58,7 +58,6 @@ def autocast_for(device: torch.device, precision: str):
 def cached_split(model, spec: str, cache_root, split: str, log=print) -> FeatureCache:
     """Features for one split, computed on first use and reused afterwards."""
     from .data.readers import SkipLog, open_reader
-
     from .paths import resolve
 
     if not spec:

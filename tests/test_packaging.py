@@ -1,7 +1,7 @@
 """Packaging: environment.yml agrees with pyproject.toml; the console script is declared."""
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
