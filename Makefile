@@ -33,6 +33,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
+# re-execute every notebook in place (stores fresh outputs), printing each one's wall time
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/run_all.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check fromage_mini tests benchmarks
 

@@ -1,0 +1,102 @@
+"""Re-execute the course notebooks and store their outputs in place.
+
+    python notebooks/run_all.py                      # every notebooks/[0-9]*.ipynb, in order
+    python notebooks/run_all.py 02_ret_mechanism     # some of them (name, stem or path)
+    python notebooks/run_all.py --timeout 300        # per-cell limit in seconds (default 600)
+
+Each notebook runs in a fresh kernel of *this* Python (the one running the script, as
+``pytest --nbval-current-env`` does), with the notebook's folder as working directory, exactly
+as nbval will later re-run it. Outputs (and widget state) are written back into the ``.ipynb``;
+the kernelspec is normalised to ``python3`` so nbval finds it. One line per notebook reports its
+wall time; the exit status is non-zero if any notebook failed (a failed notebook is not
+overwritten).
+
+After running, check that the stored outputs reproduce:
+
+    python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+def _kernel_manager():
+    """A kernel manager whose ``python3`` kernel is the running interpreter (like --nbval-current-env)."""
+    import ipykernel.kernelspec
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+
+    class CurrentEnv(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
+                                          **ipykernel.kernelspec.get_kernel_dict())
+
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=CurrentEnv())
+
+
+def find(names: list[str]) -> list[Path]:
+    if not names:
+        return sorted(HERE.glob("[0-9]*.ipynb"))
+    out = []
+    for n in names:
+        p = Path(n)
+        cands = [p, HERE / p, HERE / f"{p}.ipynb"] + sorted(HERE.glob(f"{p.stem}*.ipynb"))
+        hit = next((c for c in cands if c.is_file()), None)
+        if hit is None:
+            sys.exit(f"run_all.py: no notebook matches {n!r}")
+        out.append(hit.resolve())
+    return out
+
+
+def run(path: Path, timeout: int) -> float:
+    """Execute one notebook in place; returns its wall time in seconds."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, allow_errors=False,
+                            record_timing=False, resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
+    client.execute(stderr=subprocess.DEVNULL)  # the kernel's own log lines (TCP notice ...)
+    seconds = time.perf_counter() - t0
+    for cell in nb.cells:  # keep diffs small: no per-run execution metadata
+        cell.metadata.pop("execution", None)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nbformat.write(nb, path)
+    return seconds
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebooks", nargs="*", help="notebooks to run (default: all numbered ones)")
+    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    a = ap.parse_args(argv)
+    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                 "TOKENIZERS_PARALLELISM": "false", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}.items():
+        os.environ.setdefault(k, v)
+    failed, total = [], 0.0
+    for path in find(a.notebooks):
+        try:
+            s = run(path, a.timeout)
+        except Exception as e:  # a cell raised or timed out: report, keep going, leave the file as it was
+            failed.append(path.name)
+            first = str(e).strip().splitlines()
+            print(f"FAILED  {path.name}: {type(e).__name__}: {first[-1] if first else ''}", flush=True)
+            continue
+        total += s
+        print(f"{s:7.1f} s  {path.name}", flush=True)
+    print(f"{total:7.1f} s  total" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
