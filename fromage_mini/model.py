@@ -358,7 +358,8 @@ class Fromage(nn.Module):
         cap_loss = self.next_token_loss(self.lm_hidden(x, mask).last_hidden_state, labels)
 
         # 2) retrieval mode: "</s> caption [RET]" alone; [RET] is a target; its state gives t
-        if cfg.fast_ret_pass:
+        # the cheap pass assumes a frozen LM; with any LM weight unfrozen it would drop their gradients
+        if cfg.fast_ret_pass and not any(p.requires_grad for p in self.lm.parameters()):
             ret_lm_loss, t = self.retrieval_pass_fast(input_ids, attention_mask)
         else:
             out = self.lm_hidden(tok, attention_mask)

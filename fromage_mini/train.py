@@ -390,16 +390,18 @@ def _prune(out: Path) -> None:
 
 
 def plot_curves(out: Path) -> None:
-    """Loss curves from log.csv and validation recall from the best/last state -> curves.png."""
-    import matplotlib
+    """Loss curves from log.csv and validation recall from the last state -> curves.png.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare ``Figure`` (no pyplot), so calling it inside a notebook leaves the notebook's
+    own plotting backend alone.
+    """
+    from matplotlib.figure import Figure
 
     rows = list(csv.DictReader(open(out / "log.csv")))
     last = resolve_pointer(out, "last")
     hist = read_json(last / "trainer_state.json")["history"] if last else []
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    a, b = fig.subplots(1, 2)
     steps = [int(r["step"]) for r in rows]
     for key in ("loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss"):
         a.plot(steps, [float(r[key]) for r in rows], label=key)
@@ -412,7 +414,6 @@ def plot_curves(out: Path) -> None:
     b.set_xlabel("step"), b.set_ylim(0, 1.02), b.legend(fontsize=8), b.set_title("validation recall")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
