@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# the main job: train FROMAGe's adapters on the shipped ShapesWorld sample (CPU, about two minutes)
+# the main job: train FROMAGe's adapters on the shipped ShapesWorld sample (CPU; the toy preset caps training at 90 s)
 demo: $(STAMP)
 	$(BIN)/fromage-mini train --preset toy --out $(OUT)
 

@@ -53,7 +53,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
         dict(lm=f"{SAMPLES}/toy_lm", vision=f"{SAMPLES}/toy_clip", n_visual_tokens=8,
              image_layout="after_bos", ret_init_text=" summary", ret_dim=256, max_len=48, concat_prob=0.0),
         dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
-             batch_size=64, lr=1e-3, warmup_steps=100, max_steps=800, max_seconds=75, val_every=400,
+             batch_size=64, lr=1e-3, warmup_steps=100, max_steps=800, max_seconds=90, val_every=1000,
              caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
     ),
     "smollm2": (
