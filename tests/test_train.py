@@ -76,7 +76,9 @@ def test_train_writes_metrics_plot_and_checkpoints(tiny_lm_path, tiny_vision_pat
     assert m2["cache_seconds"] < saved["cache_seconds"] + 5
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path):
+@pytest.mark.parametrize("kill_after", [4, 10])
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path,
+                                                      kill_after):
     mcfg, tcfg = settings(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path, max_steps=16, val_every=8)
     sets = [f"lm={mcfg.lm}", f"vision={mcfg.vision}", "ret_dim=16", "concat_prob=0.5", "n_visual_tokens=1",
             "image_layout=before_bos", "ret_init_text=None", "max_len=24", "center_heads=False", "max_seconds=None"]
@@ -97,7 +99,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision
     deadline = time.time() + 240
     while time.time() < deadline:
         last = out / "last.json"
-        if last.exists() and json.loads(last.read_text())["checkpoint"] >= "checkpoints/step_000006":
+        if last.exists() and json.loads(last.read_text())["checkpoint"] >= f"checkpoints/step_{kill_after:06d}":
             break
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
@@ -105,7 +107,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision
     # every file on disk is a complete version: the pointed-to checkpoint loads
     ckpt = out / json.loads((out / "last.json").read_text())["checkpoint"]
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    assert 6 <= state["step"] < 16
+    assert kill_after <= state["step"] < 16
     assert not (out / "metrics.json").exists()
     resumed = subprocess.run(cmd(out, "--resume"), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
