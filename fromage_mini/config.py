@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -87,8 +87,4 @@ class FromageConfig:
         return dataclasses.replace(self, **kw)
 
 
-def _field_names(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-__all__ = ["FromageConfig", "field"]
+__all__ = ["FromageConfig"]

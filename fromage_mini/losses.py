@@ -27,13 +27,6 @@ def retrieval_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
     return input_ids.masked_fill(attention_mask == 0, IGNORE)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy: logits (B, T, V) at t predict labels (B, T) at t+1."""
-    target = labels[:, 1:]
-    keep = target != IGNORE  # select first: padded rows never touch the loss, not even as NaN·0
-    return F.cross_entropy(logits[:, :-1][keep].float(), target[keep])
-
-
 def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor, gather: bool | None = None):
     """Symmetric InfoNCE.
 

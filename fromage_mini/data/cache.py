@@ -169,9 +169,3 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
     info["build_seconds"] = round(time.time() - t0, 2)
     write_json(folder / "index.json", info)
     return FeatureCache(folder)
-
-
-def cache_dir_for(root, split: str, fingerprint: str) -> Path:
-    """Where a split's cache lives: ``root/<fingerprint>/<split>``."""
-    return Path(root) / fingerprint / split
-
