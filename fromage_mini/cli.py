@@ -21,6 +21,7 @@ COMMANDS = {
     "eval": "fromage_mini.evaluate",
     "chat": "fromage_mini.chat",
     "index": "fromage_mini.index_build",
+    "backbones": "fromage_mini.convert",
 }
 
 

