@@ -69,7 +69,8 @@ def main(argv=None):
             ids_r = decode_recompute(model, x, n)
             tr.append(time.perf_counter() - t)
         same = ids_c == ids_r
-        row = {"new_tokens": n, "cached_tok_s": spread([n / s for s in tc]), "recompute_tok_s": spread([n / s for s in tr]),
+        row = {"new_tokens": n, "cached_tok_s": spread([n / s for s in tc]),
+               "recompute_tok_s": spread([n / s for s in tr]),
                "speedup": spread([r / c for r, c in zip(tr, tc)]), "same_tokens": same}
         res["rows"].append(row)
         print(f"{n:4d} new tokens: KV cache {row['cached_tok_s']['median']:7.1f} tok/s, full recompute "

@@ -8,8 +8,8 @@
    This bounds what the LM can do when the context holds the right information.
 3. Linear probes on the frozen vision tower's pooled feature: can a linear map read each cell's
    (size, colour, shape) from the 128-d feature? A logistic probe per cell trained on the training
-   split, scored on validation, against the majority-class baseline and chance. If the information is not linearly there, a linear visual prefix
-   cannot hand it to the LM.
+   split, scored on validation, against the majority-class baseline and chance. If the information
+   is not linearly there, a linear visual prefix cannot hand it to the LM.
 """
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ def main(argv=None):
     res["model"] = score_captions(preds, val_cache.keys[:n], val_cache.captions[:n])
     val_recs, train_recs = scenes("val")[:n], scenes("train")
     oracle = oracle_captions(model, val_recs)
-    res["oracle_summary_context"] = score_captions(oracle, [r["key"] for r in val_recs], [r["caption"] for r in val_recs])
+    res["oracle_summary_context"] = score_captions(oracle, [r["key"] for r in val_recs],
+                                                   [r["caption"] for r in val_recs])
     # linear probes on the pooled vision feature
     tx, vx = train_cache.all_features().numpy(), val_cache.features(range(n)).numpy()
     probes = {}

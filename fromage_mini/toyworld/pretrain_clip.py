@@ -5,6 +5,13 @@ Recipe (from the ShapesWorld prototype): ViT with 48-px input, patch 8 (36 patch
 warm-up steps then cosine, batch 256, grad clip 1.0, learnable logit scale (clamped at 100), symmetric
 InfoNCE, no augmentation (flips would break positional captions).
 
+Binding-sensitive hard negatives (``hard_negatives=True``, the shipped recipe): every scene comes with a
+*twin* that differs in one thing — two objects swap colours or shapes, or one object changes colour,
+shape, size or cell — and a batch holds scenes together with their twins. With random in-batch
+negatives a tower can tell images apart from a bag of attributes ("something red, something square");
+with the twin in the batch it must encode which object has which attribute, which is what FROMAGe's
+captioning needs from the pooled feature (NegCLIP-style, with rendered image negatives as well as text).
+
 Only the vision half is shipped (``CLIPVisionModel.save_pretrained`` + a ``CLIPImageProcessor`` config);
 FROMAGe uses its ``pooler_output`` (post-LN CLS, 128-d). The text half only exists to train it.
 
@@ -32,7 +39,7 @@ except ImportError:
 
 from .captions import canonical_caption
 from .tokenizer import EOS_ID, PAD_ID
-from .world import jpeg_roundtrip, make_scene, render
+from .world import CELLS, COLOURS, SHAPES, SIZES, jpeg_roundtrip, make_scene, render, variant
 
 TOWER_SIZE = 48
 
@@ -101,18 +108,55 @@ def retrieval_recalls(clip: CLIPModel, pixels: torch.Tensor, ids, mask, ks=(1, 5
     return out
 
 
+def twin(scene: dict, rng: np.random.Generator) -> dict:
+    """A copy of ``scene`` that differs in exactly one binding-relevant way (its caption differs too).
+
+    With two or more objects, half the twins swap the colours (or shapes) of two objects that differ in
+    it — the same bag of attributes, bound differently; the rest change one attribute of one object.
+    """
+    objs = scene["objects"]
+    if len(objs) > 1 and rng.random() < 0.5:
+        i, j = (int(v) for v in rng.choice(len(objs), 2, replace=False))
+        for key in ("colour", "shape") if rng.random() < 0.5 else ("shape", "colour"):
+            if objs[i][key] != objs[j][key]:
+                # colour/shape changes keep every object in its cell, so indices stay valid
+                return variant(variant(scene, i, **{key: objs[j][key]}), j, **{key: objs[i][key]})
+    i = int(rng.integers(len(objs)))
+    o = objs[i]
+    key = ("colour", "shape", "size", "cell")[int(rng.integers(4))]
+    if key == "cell":
+        free = [c for c in range(len(CELLS)) if all(p["cell"] != c for p in objs)]
+        return variant(scene, i, cell=int(rng.choice(free)))
+    options = [v for v in {"colour": COLOURS, "shape": SHAPES, "size": SIZES}[key] if v != o[key]]
+    return variant(scene, i, **{key: options[int(rng.integers(len(options)))]})
+
+
+@torch.no_grad()
+def twin_accuracy(clip: CLIPModel, pixels, twin_pixels, ids, mask) -> float:
+    """How often a caption scores its own image above the image's twin (0.5 = blind to binding)."""
+    clip.eval()
+    t = F.normalize(text_features(clip, ids, mask), dim=-1)
+    own = (t * F.normalize(image_features(clip, pixels), dim=-1)).sum(-1)
+    other = (t * F.normalize(image_features(clip, twin_pixels), dim=-1)).sum(-1)
+    return round((own > other).float().mean().item(), 4)
+
+
 def pretrain_clip(out: str | Path, tokenizer, steps: int = 500, batch_size: int = 256, n_images: int = 30_000,
                   lr: float = 1e-3, warmup: int = 100, seed: int = 0, n_val: int = 500, device: str = "cpu",
-                  progress: bool = True, **model_kw) -> dict:
+                  progress: bool = True, hard_negatives: bool = False, **model_kw) -> dict:
     """Render train scenes, train the CLIP, save its vision tower + image processor to ``out``; return metrics.
 
     ``tokenizer`` is the toy tokenizer (object). ``model_kw`` overrides :func:`make_clip` sizes; tiny values
-    plus ``steps=2, n_images=64, n_val=16`` give a smoke run.
+    plus ``steps=2, n_images=64, n_val=16`` give a smoke run. ``hard_negatives``: each batch is
+    ``batch_size // 2`` scenes plus their :func:`twin` (otherwise ``batch_size`` random scenes).
     """
     t0 = time.time()
     torch.manual_seed(seed)
     size = model_kw.get("image_size", TOWER_SIZE)
     scenes = [make_scene(seed, "train", i) for i in range(n_images)]
+    if hard_negatives:  # scene i's twin is scene n_images + i
+        rng = np.random.default_rng([seed, 7])
+        scenes += [twin(s, rng) for s in scenes]
     pix = to_tower_pixels([jpeg_roundtrip(render(s)) for s in tqdm(scenes, desc="render", disable=not progress)],
                           size)
     caps = [canonical_caption(s) for s in scenes]
@@ -122,6 +166,9 @@ def pretrain_clip(out: str | Path, tokenizer, steps: int = 500, batch_size: int 
     val = [make_scene(seed, "val", i) for i in range(n_val)]
     val_pix = normalise(to_tower_pixels([jpeg_roundtrip(render(s)) for s in val], size), mean, std)
     val_ids, val_mask = _tokens(tokenizer, [canonical_caption(s) for s in val])
+    vrng = np.random.default_rng([seed, 8])
+    val_twins = [twin(s, vrng) for s in val]
+    twin_pix = normalise(to_tower_pixels([jpeg_roundtrip(render(s)) for s in val_twins], size), mean, std)
     t_data = time.time() - t0
 
     clip = make_clip(len(tokenizer), **model_kw).to(device)
@@ -133,7 +180,11 @@ def pretrain_clip(out: str | Path, tokenizer, steps: int = 500, batch_size: int 
     bar = tqdm(range(steps), desc="toy CLIP", disable=not progress)
     for _ in bar:
         clip.train()
-        idx = torch.randperm(len(scenes), generator=g)[:batch_size]
+        if hard_negatives:
+            base = torch.randperm(n_images, generator=g)[:batch_size // 2]
+            idx = torch.cat([base, base + n_images])
+        else:
+            idx = torch.randperm(len(scenes), generator=g)[:batch_size]
         x = normalise(pix[idx.numpy()], mean, std).to(device)
         bi, bm = ids[idx], mask[idx]
         n = int(bm.sum(1).max())
@@ -152,6 +203,7 @@ def pretrain_clip(out: str | Path, tokenizer, steps: int = 500, batch_size: int 
 
     clip = clip.cpu().eval()
     recalls = retrieval_recalls(clip, val_pix, val_ids, val_mask)
+    recalls["twin_acc"] = twin_accuracy(clip, val_pix, twin_pix, val_ids, val_mask)
     vision = CLIPVisionModel(clip.config.vision_config)
     vision.load_state_dict(clip.vision_model.state_dict())   # transformers 5: no .vision_model wrapper
     out = Path(out)
@@ -159,7 +211,9 @@ def pretrain_clip(out: str | Path, tokenizer, steps: int = 500, batch_size: int 
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                        image_mean=mean, image_std=std, resample=Image.BICUBIC).save_pretrained(out)
     return {"params_total": sum(p.numel() for p in clip.parameters()),
-            "params_vision": sum(p.numel() for p in vision.parameters()), "pooled_dim": clip.config.vision_config.hidden_size,
-            "n_images": n_images, "steps": steps, "batch_size": batch_size, "image_mean": mean, "image_std": std,
+            "params_vision": sum(p.numel() for p in vision.parameters()),
+            "pooled_dim": clip.config.vision_config.hidden_size, "n_images": n_images,
+            "hard_negatives": hard_negatives, "steps": steps, "batch_size": batch_size, "image_mean": mean,
+            "image_std": std,
             "data_seconds": round(t_data, 1), "train_seconds": round(train_s, 1), "final_loss": round(loss.item(), 4),
             "logit_scale": round(clip.logit_scale.exp().item(), 2), "val_pairs": n_val, **recalls}
