@@ -30,6 +30,7 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_decay: str = "none"  # after warm-up: "none" (constant, as the original) or "cosine" to 0 at max_steps
     max_steps: int = 20_000
     max_seconds: float | None = None  # stop early when training time (excl. caching) exceeds this
     grad_clip: float = 1.0
@@ -53,7 +54,8 @@ PRESETS: dict[str, tuple[dict, dict]] = {
         dict(lm=f"{SAMPLES}/toy_lm", vision=f"{SAMPLES}/toy_clip", n_visual_tokens=8,
              image_layout="after_bos", ret_init_text=" summary", ret_dim=256, max_len=48, concat_prob=0.0),
         dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
-             batch_size=64, lr=1e-3, warmup_steps=100, max_steps=800, max_seconds=90, val_every=1000,
+             batch_size=128, lr=2e-3, warmup_steps=100, lr_decay="cosine", max_steps=300, max_seconds=100,
+             val_every=1000,
              caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
     ),
     "smollm2": (

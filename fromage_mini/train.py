@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import shutil
 import time
@@ -42,6 +43,18 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def lr_at(cfg, step: int) -> float:
+    """Linear warm-up, then constant (the original) or a cosine down to 0 at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "cosine":
+        frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    if cfg.lr_decay != "none":
+        raise FromageError(f"lr_decay must be 'none' or 'cosine', got {cfg.lr_decay!r}")
+    return cfg.lr
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -287,7 +300,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     t_last, n_since = time.time(), 0
     while state["step"] < cfg.max_steps:
         step = state["step"]
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # linear warm-up, then constant
+        lr = lr_at(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
         t0 = time.time()
