@@ -38,6 +38,9 @@ class FromageConfig:
         fast_ret_pass: compute the retrieval pass as a no-grad pass over the caption plus one
             differentiable step for [RET] (exact same losses and gradients, about a third less
             work per step: only [RET]'s own position depends on trained parameters).
+        pack_sequences: run the LM on packed rows (several captions per row, block-diagonal causal
+            mask, positions restarting per caption) whenever that saves rows; same losses, no work
+            on padding. Needs an LM that accepts a 4-D boolean attention mask (OPT, GPT-2, Llama do).
         lm_dtype: dtype the frozen LM is loaded in: "auto" (bf16 on a bf16-capable GPU,
             else fp32), "float32", "bfloat16", "float16", or "int8"/"nf4" (bitsandbytes, GPU).
     """
@@ -59,6 +62,7 @@ class FromageConfig:
     max_logit_scale: float | None = 100.0
     max_len: int = 24
     fast_ret_pass: bool = True
+    pack_sequences: bool = True
     lm_dtype: str = "auto"
 
     def __post_init__(self):

@@ -28,6 +28,7 @@ from . import backbones
 from .config import FromageConfig
 from .io import FromageError
 from .losses import IGNORE, caption_labels, info_nce, recall_at_k, retrieval_labels
+from .packing import pack, plan_packing, prefix_lengths, unpack, worth_packing
 
 
 @dataclass
@@ -222,14 +223,19 @@ class Fromage(nn.Module):
 
     def _splice_ret_logit(self, logits, ret_logit):
         V, r = logits.shape[-1], self.ret_id
-        if r < V:  # the id points at an unused row of a padded matrix (OPT): replace that column
-            return torch.cat([logits[..., :r], ret_logit, logits[..., r + 1:]], dim=-1)
+        if r < V:  # the id points at an unused row of a padded matrix (OPT): overwrite that column
+            logits[..., r] = ret_logit[..., 0]  # in place: the head's matmul does not keep its output
+            return logits
         gap = logits.new_full((*logits.shape[:-1], r - V), float("-inf"))
         return torch.cat([logits, gap, ret_logit], dim=-1)
 
-    def text_vectors(self, hidden_states, positions: torch.Tensor) -> torch.Tensor:
-        """Sum over ``ret_layers`` of head_l(h_l at ``positions``): (B, q), unnormalised."""
-        rows = torch.arange(positions.shape[0], device=positions.device)
+    def text_vectors(self, hidden_states, positions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over ``ret_layers`` of head_l(h_l at (``rows``, ``positions``)): (B, q), unnormalised.
+
+        ``rows`` defaults to 0..B-1 (one position per batch row).
+        """
+        if rows is None:
+            rows = torch.arange(positions.shape[0], device=positions.device)
         t = 0
         for layer, head in zip(self.config.ret_layers, self.text_heads):
             h = hidden_states[layer][rows, positions]  # (B, d_layer)
@@ -300,6 +306,22 @@ class Fromage(nn.Module):
             new_x[i, : len(r)], new_mask[i, : len(r)], new_labels[i, : len(r)] = r, 1, lab
         return new_x, new_mask, new_labels
 
+    def _packable(self, mask: torch.Tensor, shrink: int = 0) -> torch.Tensor | None:
+        """Row lengths (minus ``shrink``) if packing is on, applies (right padding) and saves work."""
+        if not self.config.pack_sequences:
+            return None
+        n = prefix_lengths(mask)
+        return n - shrink if n is not None and worth_packing(n - shrink, mask.shape[1]) else None
+
+    def caption_states(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Final LM states (B, T, d_out) of captioning inputs, packed (see :mod:`.packing`) when it pays."""
+        n = self._packable(mask)
+        if n is None:
+            return self.lm_hidden(x, mask).last_hidden_state
+        p = plan_packing(n, mask.shape[1])
+        out = self.lm_hidden(pack(x, p), p.attention_mask(), p.position_ids)
+        return unpack(out.last_hidden_state, p)
+
     # ------------------------------------------------------------------------------------------
     # retrieval mode, the cheap way
     def retrieval_pass_fast(self, input_ids, attention_mask):
@@ -312,6 +334,9 @@ class Fromage(nn.Module):
         pass; the backward pass covers one position instead of L.
         """
         B, L = input_ids.shape
+        n = self._packable(attention_mask, shrink=1)
+        if n is not None:
+            return self._retrieval_pass_packed(input_ids, n + 1)
         n = attention_mask.sum(1)  # (B,) tokens incl. BOS and [RET]
         src = torch.arange(L, device=input_ids.device) - (L - n).unsqueeze(1)  # left-align
         valid = src >= 0
@@ -329,6 +354,40 @@ class Fromage(nn.Module):
         keep = valid[:, :-1]
         loss = F.cross_entropy(self.logits_at(ctx.last_hidden_state[keep]), ids[:, 1:][keep])
         t = self.text_vectors(last.hidden_states, torch.zeros(B, dtype=torch.long, device=ids.device))
+        return loss, t
+
+    def _retrieval_pass_packed(self, input_ids, n):
+        """:meth:`retrieval_pass_fast` on packed rows: captions packed without [RET], then every
+        sequence's [RET] as one extra query per sequence, seeing only its own caption's cache."""
+        B, L = input_ids.shape
+        rows = torch.arange(B, device=input_ids.device)
+        if not bool((input_ids[rows, n - 1] == self.ret_id).all()):
+            raise FromageError("every retrieval-mode row must end with the [RET] token")
+        p = plan_packing(n - 1, L)  # the captions "</s> w_1..w_m", without [RET]
+        R, C = p.src.shape
+        with torch.no_grad():
+            ctx = self.lm_hidden(self.embed_tokens(pack(input_ids, p)), p.attention_mask(), p.position_ids,
+                                 use_cache=True)
+        # one [RET] query per sequence, in its packed row: slot q of row r
+        order = torch.argsort(p.row_of * (L + 1) + p.start_of)
+        slot = torch.empty_like(p.row_of)
+        counts = torch.bincount(p.row_of, minlength=R)
+        first = torch.cumsum(counts, 0) - counts
+        slot[order] = torch.arange(B, device=slot.device) - first[p.row_of[order]]
+        Q = int(counts.max())
+        q_seg = torch.full((R, Q), -1, dtype=torch.long, device=slot.device)
+        q_seg[p.row_of, slot] = rows
+        q_pos = torch.zeros(R, Q, dtype=torch.long, device=slot.device)
+        q_pos[p.row_of, slot] = n - 1
+        see_ctx = (q_seg[:, :, None] == p.segment[:, None, :]) & (q_seg[:, :, None] >= 0)  # (R, Q, C)
+        see_self = torch.eye(Q, dtype=torch.bool, device=slot.device).expand(R, Q, Q)
+        mask = torch.cat([see_ctx, see_self], 2)[:, None]  # (R, 1, Q, C+Q)
+        ret_in = self.ret_embedding.expand(R, Q, -1)
+        last = self.lm_hidden(ret_in, mask, q_pos, past_key_values=ctx.past_key_values, use_cache=True)
+        # frozen caption logits except the [RET] column; position j predicts token j+1 ([RET] last)
+        targets = pack(torch.roll(input_ids, -1, 1), p)
+        loss = F.cross_entropy(self.logits_at(ctx.last_hidden_state[p.valid]), targets[p.valid])
+        t = self.text_vectors(last.hidden_states, slot, rows=p.row_of)
         return loss, t
 
     # ------------------------------------------------------------------------------------------
@@ -355,7 +414,7 @@ class Fromage(nn.Module):
         x, mask, labels = self.caption_inputs(prefix, tok, input_ids, attention_mask)
         if concat and x.shape[0] > 1:
             x, mask, labels = self.concat_pairs(x, mask, labels)
-        cap_loss = self.next_token_loss(self.lm_hidden(x, mask).last_hidden_state, labels)
+        cap_loss = self.next_token_loss(self.caption_states(x, mask), labels)
 
         # 2) retrieval mode: "</s> caption [RET]" alone; [RET] is a target; its state gives t
         # the cheap pass assumes a frozen LM; with any LM weight unfrozen it would drop their gradients
