@@ -25,6 +25,7 @@ CPU_RUNS = [
     ["bench_train.py", "--lm", "toy", "--vision", "toy", "--batch", "64", "--reps", "3", "--steps", "3"],
     ["bench_generate.py", "--lm", "opt-125m", "--tokens", "32,128", "--reps", "3"],
     ["bench_index.py"],
+    ["bench_scoring.py", "--lm", "opt-125m", "--context", "160", "--options", "100"],
 ]
 
 
@@ -77,6 +78,15 @@ def table() -> str:
                        f"| {row['recompute_tok_s']['median']:.1f} "
                        f"| {row['speedup']['median']:.1f}× ({row['speedup']['min']:.1f}) | {row['same_tokens']} |")
         out.append("")
+    for f in sorted(RESULTS.glob("scoring_*.json")):
+        r = json.loads(f.read_text())
+        sp = r["speedup"]
+        out += ["## Answer ranking: context KV cache shared by all candidates vs re-run per candidate", "",
+                f"{r['machine']['cpu']}, {r['lm']}, {r['context_tokens']}-token context, {r['options']} options "
+                f"of {r['answer_tokens_mean']:.1f} tokens on average", "",
+                "| shared (median s) | re-run (median s) | speed-up (median, min) | same scores |", "|---|---|---|---|",
+                f"| {r['seconds_shared']['median']:.2f} | {r['seconds_rerun']['median']:.2f} | "
+                f"{sp['median']:.1f}× ({sp['min']:.1f}) | {r['same_scores']} |", ""]
     idx = RESULTS / "index.json"
     if idx.exists():
         r = json.loads(idx.read_text())

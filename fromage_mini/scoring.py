@@ -9,6 +9,8 @@ them, and every real position keeps its position id, so each row scores as if it
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .generate import IMAGE, PromptInputs, build_inputs, image_features, inference, pad_batch
@@ -69,16 +71,21 @@ def _window_logits(model, x, mask, start: int, n: int) -> torch.Tensor:
 
 @inference
 def candidate_scores(model, context: PromptInputs, candidates: list[list[int]], *, shift: bool = True,
-                     normalize: bool = False, batch_size: int = 32) -> torch.Tensor:
+                     normalize: bool = False, batch_size: int = 32, share_context: bool = True) -> torch.Tensor:
     """Log-probability of each candidate id sequence after a built context: (n,).
 
     Row i is ``[context, candidate_i]``. With ``shift=True`` (correct) the logit at position t
     scores the token at t + 1. ``shift=False`` scores the token at t with the logit at t (the
     original VisDial eval's off-by-one, kept only for ``faithful_to_original``).
     ``normalize``: mean over the candidate's tokens instead of the sum.
+    ``share_context``: run the context once and reuse its KV cache for every candidate (same scores,
+    far less work when, as in VisDial, 100 short answers follow a long dialogue); the ``shift=False``
+    protocol always re-runs the context.
     """
     if any(len(c) == 0 for c in candidates):
         raise FromageError("a candidate answer has no tokens")
+    if share_context and shift and hasattr(model, "lm_hidden") and hasattr(model, "logits_at"):
+        return _shared_context_scores(model, context, candidates, normalize, batch_size)
     C = len(context.ids)
     out = []
     for s in range(0, len(candidates), batch_size):
@@ -100,6 +107,45 @@ def candidate_scores(model, context: PromptInputs, candidates: list[list[int]], 
         lp = logp.gather(-1, targets[..., None])[..., 0].masked_fill(~valid, 0.0)  # (B, n)
         total = lp.sum(1)
         out.append(total / valid.sum(1) if normalize else total)
+    return torch.cat(out).cpu()
+
+
+def _gather_scores(logp, chunk, normalize):
+    """Sum (or mean) of each candidate's token log-probs from logp (B, n, V')."""
+    n = logp.shape[1]
+    targets = torch.zeros(len(chunk), n, dtype=torch.long, device=logp.device)
+    valid = torch.zeros(len(chunk), n, dtype=torch.bool, device=logp.device)
+    for i, c in enumerate(chunk):
+        targets[i, : len(c)] = torch.tensor(c)
+        valid[i, : len(c)] = True
+    lp = logp.gather(-1, targets[..., None])[..., 0].masked_fill(~valid, 0.0)  # (B, n)
+    return lp.sum(1) / valid.sum(1) if normalize else lp.sum(1)
+
+
+def _shared_context_scores(model, context: PromptInputs, candidates, normalize, batch_size):
+    """:func:`candidate_scores` with the context's KV cache computed once and copied per chunk."""
+    dev = model.device
+    C = len(context.ids)
+    x = context.embeds[None].to(dev)  # (1, C, d)
+    ctx = model.lm_hidden(x, torch.ones(1, C, dtype=torch.long, device=dev), use_cache=True)
+    first = model.logits_at(ctx.last_hidden_state[:, -1:]).float().log_softmax(-1)  # (1, 1, V'): 1st token
+    out = []
+    for s in range(0, len(candidates), batch_size):
+        chunk = candidates[s: s + batch_size]
+        B, n = len(chunk), max(len(c) for c in chunk)
+        ids = torch.zeros(B, n, dtype=torch.long)
+        cand_mask = torch.zeros(B, n, dtype=torch.long)
+        for i, c in enumerate(chunk):
+            ids[i, : len(c)], cand_mask[i, : len(c)] = torch.tensor(c), 1
+        ids, cand_mask = ids.to(dev), cand_mask.to(dev)
+        cache = copy.deepcopy(ctx.past_key_values)
+        cache.batch_repeat_interleave(B)
+        mask = torch.cat([torch.ones(B, C, dtype=torch.long, device=dev), cand_mask], 1)  # (B, C + n)
+        pos = (C + torch.arange(n, device=dev)).expand(B, n)
+        h = model.lm_hidden(model.embed_tokens(ids).to(x.dtype), mask, pos, past_key_values=cache,
+                            use_cache=True).last_hidden_state  # (B, n, d_out)
+        rest = model.logits_at(h[:, :-1]).float().log_softmax(-1)  # (B, n-1, V'): tokens 2..n
+        out.append(_gather_scores(torch.cat([first.expand(B, 1, -1), rest], 1), chunk, normalize))
     return torch.cat(out).cpu()
 
 

@@ -310,6 +310,18 @@ def test_works_with_the_project_retrieval_index(models, tmp_path):
     assert a.ids == b.ids and a.metadata == b.metadata and 3 not in a.ids
 
 
+@pytest.mark.parametrize("lm", ["opt", "gpt2", "llama"])
+def test_shared_context_cache_gives_the_same_scores(models, lm):
+    """Scoring 100-option style: the context's KV cache reused for every candidate = re-running it."""
+    m = models(lm)
+    ctx = build_inputs(m, [feats(m, 1)[0], "Q: what colour is it?\nA:"])
+    cands = [words(m, c) for c in (" red", " a blue square", " no", " two small green circles", " yes")]
+    for normalize in (False, True):
+        shared = scoring.candidate_scores(m, ctx, cands, normalize=normalize, batch_size=2)
+        rerun = scoring.candidate_scores(m, ctx, cands, normalize=normalize, batch_size=2, share_context=False)
+        torch.testing.assert_close(shared, rerun, rtol=1e-4, atol=1e-4)
+
+
 def test_log_likelihood_equals_a_hand_computation(models):
     m = models()
     f = feats(m, 1)
