@@ -49,10 +49,11 @@ def lr_at(cfg, step: int) -> float:
     """Linear warm-up, then constant (the original) or a cosine down to 0 at ``max_steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_decay == "cosine":
+    decay = cfg.lr_decay or "none"  # `--set lr_decay=none` arrives as None
+    if decay == "cosine":
         frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-    if cfg.lr_decay != "none":
+    if decay != "none":
         raise FromageError(f"lr_decay must be 'none' or 'cosine', got {cfg.lr_decay!r}")
     return cfg.lr
 
@@ -295,6 +296,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     if state["step"] == 0:
         writer.writerow(["step", "loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss", "t2i_R@1", "i2t_R@1",
                          "lr", "samples_per_s", "mfu"])
+    lr_at(cfg, cfg.warmup_steps)  # a bad lr_decay fails here, not after the warm-up
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step", disable=not main)
     t_last, n_since = time.time(), 0

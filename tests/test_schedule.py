@@ -24,6 +24,11 @@ def test_cosine_reaches_half_midway_and_zero_at_the_end():
     assert all(lr_at(c, s) >= lr_at(c, s + 1) for s in range(10, 120))
 
 
+def test_none_from_the_command_line_means_constant():
+    c = TrainConfig(lr=1e-3, warmup_steps=0, max_steps=10, lr_decay=None)  # what `--set lr_decay=none` gives
+    assert lr_at(c, 9) == pytest.approx(1e-3)
+
+
 def test_unknown_decay_is_a_clear_error():
     with pytest.raises(FromageError, match="lr_decay"):
         lr_at(TrainConfig(lr_decay="linear", warmup_steps=0), 5)
