@@ -38,7 +38,7 @@ notebooks: $(STAMP)
 	$(BIN)/python notebooks/run_all.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check fromage_mini tests benchmarks
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

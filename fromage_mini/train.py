@@ -169,7 +169,7 @@ def save_checkpoint(out: Path, model, opt, state: dict, name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tensors, groups = {}, []
-    for i, (p, st) in enumerate((p, opt.state[p]) for g in opt.param_groups for p in g["params"]):
+    for i, st in enumerate(opt.state[p] for g in opt.param_groups for p in g["params"]):
         for k, v in st.items():
             tensors[f"state.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
@@ -347,7 +347,8 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
             log_f.flush()
             bar.set_postfix(loss=f"{o.loss.item():.3f}", r1=f"{o.metrics['t2i_R@1']:.2f}", sps=f"{sps:.0f}")
             t_last, n_since = time.time(), 0
-        out_of_time = dist.broadcast_from_main(cfg.max_seconds is not None and state["train_seconds"] >= cfg.max_seconds)
+        out_of_time = dist.broadcast_from_main(cfg.max_seconds is not None
+                                               and state["train_seconds"] >= cfg.max_seconds)
         done = state["step"] == cfg.max_steps or out_of_time
         if (state["step"] % cfg.val_every == 0 or done) and main:
             res = validate(model, val_cache, cfg)  # the unwrapped model: no collectives

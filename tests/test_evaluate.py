@@ -215,7 +215,8 @@ def test_eval_cli_on_fixtures(model, tmp_path, capsys):
     for s in range(2):
         for j in range(5):
             png(tmp_path / f"s{s}_{j}.png", j + s)
-    assert run_eval([*ckpt, "--out", str(tmp_path / "s.json"), "vist", "--stories", str(tmp_path / "stories.json")]) == 0
+    assert run_eval([*ckpt, "--out", str(tmp_path / "s.json"), "vist",
+                     "--stories", str(tmp_path / "stories.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["n"] == 2
     (tmp_path / "vist").mkdir()
     for i, name in enumerate(["101", "102", "103", "104", "105", "201", "202", "203", "204", "205"]):

@@ -419,6 +419,7 @@ def test_inference_turns_dropout_off_and_restores_the_mode(models):
         a = generate(m, [f[0], "a"], max_new_tokens=6, stop=()).ids
         assert m.training and m.visual_prefix.training
         assert a == generate(m, [f[0], "a"], max_new_tokens=6, stop=()).ids
-        torch.testing.assert_close(scoring.text_vectors(m, [[f[1], "b"]] * 2)[0], scoring.text_vectors(m, [[f[1], "b"]])[0])
+        torch.testing.assert_close(scoring.text_vectors(m, [[f[1], "b"]] * 2)[0],
+                                   scoring.text_vectors(m, [[f[1], "b"]])[0])
     finally:
         m.eval()

@@ -131,7 +131,8 @@ def test_bnb_config_explains_what_is_missing(monkeypatch):
         Fromage(FromageConfig(lm="unused", vision="unused", lm_dtype="nf4"))
     with pytest.raises(FromageError, match="accelerate"):  # transformers needs it to load bnb weights
         monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda n, *a: None if n == "accelerate" else object() if n == "bitsandbytes" else real(n, *a))
+                            lambda n, *a: (None if n == "accelerate" else object() if n == "bitsandbytes"
+                                           else real(n, *a)))
         quant.bnb_config("nf4")
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda n, *a: object() if n in ("bitsandbytes", "accelerate") else real(n, *a))

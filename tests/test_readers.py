@@ -131,7 +131,7 @@ def test_all_formats_yield_the_same_pairs(same_data):
     from_tsv = pairs(read_tsv(same_data / "tsv" / "pairs.tsv"))
     assert [p[:3] for p in from_tsv] == expected
     # PNG rows are lossless: exactly the source pixels
-    for (cap, im, fmt), got in zip(GOOD, from_tsv):
+    for (_cap, im, fmt), got in zip(GOOD, from_tsv):
         if fmt == "PNG":
             assert got[3] == im.tobytes()
     for spec in [same_data / "shards", str(same_data / "shards" / "*.tar"),

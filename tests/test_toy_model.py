@@ -31,7 +31,7 @@ def test_caption_then_ret_retrieves_the_matching_image(toy, val_index):
     """A caption followed by [RET] brings back its own image in the top 5 among 100 (most of the time)."""
     index, rows, _ = val_index
     hits = 0
-    for i, (caption, path) in enumerate(rows[:40]):
+    for caption, path in rows[:40]:
         res = toy.generate([caption + "[RET]"], index=index, images_per_ret=5, max_new_tokens=1)
         got = [m["path"] for m in res.retrievals[0].metadata]
         hits += path in got

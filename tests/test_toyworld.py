@@ -101,7 +101,7 @@ def test_story_thread_persists():
     for i in range(20):
         st = make_story(0, "story_val", i)
         assert len(st["scenes"]) == N_SCENES
-        for a, b in zip(st["scenes"], st["scenes"][1:]):
+        for b in st["scenes"][1:]:
             assert b["narration"].startswith("then the ")
             assert parse_caption(b["caption"])       # captions stay canonical
 

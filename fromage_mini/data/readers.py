@@ -447,7 +447,8 @@ def read_hf_dataset(name_or_path: str, split: str = "train", image_column: str |
 
     ``name_or_path``: a local imagefolder (images + ``metadata.jsonl`` with ``file_name``, ``text``),
     a folder of parquet files or one ``.parquet``, a ``save_to_disk`` folder, a hub name (needs
-    internet), or an already opened ``Dataset``/``IterableDataset``. Streams where the format allows (a ``save_to_disk`` folder is memory-mapped instead).
+    internet), or an already opened ``Dataset``/``IterableDataset``. Streams where the format allows
+    (a ``save_to_disk`` folder is memory-mapped instead).
     Columns are detected when not given: image from ``image``/``jpg``/..., caption from
     ``text``/``caption``/``txt``/.... Images are decoded here, not by ``datasets``, so a bad image is
     counted and skipped instead of stopping the iteration. Keys are row indices.

@@ -32,7 +32,8 @@ def folder_size(path: Path) -> dict:
     """Apparent bytes (sum of file sizes) and disk usage (``du -sk``) of a folder, in MB."""
     apparent = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     try:
-        du_kb = int(subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=False).stdout.split()[0])
+        du = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=False)
+        du_kb = int(du.stdout.split()[0])
     except (OSError, ValueError, IndexError):
         du_kb = -1
     return {"apparent_MB": round(apparent / 1e6, 2), "du_MB": round(du_kb * 1024 / 1e6, 2),
