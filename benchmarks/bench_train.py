@@ -88,48 +88,38 @@ def main(argv=None):
     feats = torch.randn(B, vis.config.hidden_size, device=dev)
     sync = torch.cuda.synchronize if gpu else None
 
-    runners = {}
-    if "ours" in a.modes.split(","):
-        ours = Fromage(FromageConfig(lm="random", vision="random", n_visual_tokens=a.k, concat_prob=0.0,
-                                     pack_sequences=not a.no_pack), lm=lm, vision=vis).to(dev)
-        ours_ids = ids.clone()
-        ours_ids[rows, last] = ours.ret_id
-        params = [p for p in ours.parameters() if p.requires_grad]
+    modes = a.modes.split(",")
+
+    def our_step(**inputs):
+        """One optimizer step of our trainer on this batch; ``inputs``: features= or pixel_values=."""
+        model = Fromage(FromageConfig(lm="random", vision="random", n_visual_tokens=a.k, concat_prob=0.0,
+                                      pack_sequences=not a.no_pack), lm=lm, vision=vis).to(dev)
+        our_ids = ids.clone()
+        our_ids[rows, last] = model.ret_id
+        params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95))
         ac = autocast_for(dev, "auto")
-        ours.train()
+        model.train()
 
-        def step_ours():
+        def step():
             with ac:
-                loss = ours(ours_ids, mask, features=feats).loss
+                loss = model(our_ids, mask, **inputs).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        # captioning pass: forward + activation backward (2 + 2 per token per param); retrieval pass:
-        # forward only (its backward covers one position, see Fromage.retrieval_pass_fast)
-        runners["ours"] = (step_ours, lm_flops_per_token(lm) * (2 * (mean_len + a.k) + mean_len))
-    if "live" in a.modes.split(","):  # ours, but the vision tower runs on pixels every step (no feature cache)
-        live = Fromage(FromageConfig(lm="random", vision="random", n_visual_tokens=a.k, concat_prob=0.0,
-                                     pack_sequences=not a.no_pack), lm=lm, vision=vis).to(dev)
-        live_ids = ids.clone()
-        live_ids[rows, last] = live.ret_id
-        lparams = [p for p in live.parameters() if p.requires_grad]
-        lopt = torch.optim.AdamW(lparams, lr=3e-4, betas=(0.9, 0.95))
-        lac = autocast_for(dev, "auto")
-        live.train()
+        return step
 
-        def step_live():
-            with lac:
-                loss = live(live_ids, mask, pixel_values=px).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lparams, 1.0)
-            lopt.step()
-            lopt.zero_grad(set_to_none=True)
-
-        runners["live"] = (step_live, lm_flops_per_token(lm) * (2 * (mean_len + a.k) + mean_len) + vision_flops(vis))
-    if "original" in a.modes.split(","):
+    # captioning pass: forward + activation backward (2 + 2 per token per param); retrieval pass:
+    # forward only (its backward covers one position, see Fromage.retrieval_pass_fast)
+    our_flops = lm_flops_per_token(lm) * (2 * (mean_len + a.k) + mean_len)
+    runners = {}
+    if "ours" in modes:
+        runners["ours"] = (our_step(features=feats), our_flops)
+    if "live" in modes:  # ours, but the vision tower runs on pixels every step (no feature cache)
+        runners["live"] = (our_step(pixel_values=px), our_flops + vision_flops(vis))
+    if "original" in modes:
         orig = OriginalScheme(lm, vis, a.k)
         o_ids = ids.clone()
         o_ids[rows, last] = orig.ret_id

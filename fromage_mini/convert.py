@@ -18,11 +18,9 @@ original bf16 release: close, not bit-identical.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 
-from .io import FromageError, _umask, write_json
+from .io import FromageError, atomic_folder, write_json
 
 SMOLLM2_DIR = ".cache/backbones/smollm2-135m-instruct"  # the smollm2 preset's `lm`
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,32 +80,19 @@ def convert_gguf(gguf_path_or_dir, out_dir, gguf_file: str | None = None, dtype:
 
     from .backbones import pick_dtype
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # a sibling: same filesystem, so the rename is atomic
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        try:
-            tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
-            # dequantize=True: dense weights and no quantizer left attached (else save_pretrained refuses)
-            lm = AutoModelForCausalLM.from_pretrained(
-                str(src), gguf_file=gguf_file, dtype=pick_dtype(dtype), quantization_config=GgufConfig(dequantize=True))
-        except (OSError, ValueError, KeyError) as e:  # e.g. an architecture transformers cannot read from GGUF
-            raise FromageError(f"transformers could not load {src / gguf_file}: {type(e).__name__}: {e}") from None
+        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
+        # dequantize=True: dense weights and no quantizer left attached (else save_pretrained refuses)
+        lm = AutoModelForCausalLM.from_pretrained(
+            str(src), gguf_file=gguf_file, dtype=pick_dtype(dtype), quantization_config=GgufConfig(dequantize=True))
+    except (OSError, ValueError, KeyError) as e:  # e.g. an architecture transformers cannot read from GGUF
+        raise FromageError(f"transformers could not load {src / gguf_file}: {type(e).__name__}: {e}") from None
+    with atomic_folder(out) as tmp:  # out is absent or empty here (checked above)
         tok.save_pretrained(tmp)
         lm.save_pretrained(tmp)  # safetensors; tied embeddings are stored once
         write_json(tmp / "converted_from.json", {  # provenance, ignored by from_pretrained
             "gguf": gguf_file, "gguf_bytes": (src / gguf_file).stat().st_size, "dtype": dtype,
             "params": sum(p.numel() for p in lm.parameters()), "architecture": type(lm).__name__})
-        for f in tmp.iterdir():  # the usual permissions (safetensors writes 0600), on disk before the rename
-            os.chmod(f, 0o666 & ~_umask())
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        try:
-            os.replace(tmp, out)  # also replaces an empty out_dir
-        except OSError:
-            if not is_hf_folder(out):  # lost a race with another converter? its folder is as good as ours
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -311,7 +311,7 @@ class Fromage(nn.Module):
         if not self.config.pack_sequences:
             return None
         n = prefix_lengths(mask)
-        return n - shrink if n is not None and worth_packing(n - shrink, mask.shape[1]) else None
+        return n - shrink if n is not None and worth_packing(n - shrink) else None
 
     def caption_states(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Final LM states (B, T, d_out) of captioning inputs, packed (see :mod:`.packing`) when it pays."""
@@ -369,12 +369,8 @@ class Fromage(nn.Module):
             ctx = self.lm_hidden(self.embed_tokens(pack(input_ids, p)), p.attention_mask(), p.position_ids,
                                  use_cache=True)
         # one [RET] query per sequence, in its packed row: slot q of row r
-        order = torch.argsort(p.row_of * (L + 1) + p.start_of)
-        slot = torch.empty_like(p.row_of)
-        counts = torch.bincount(p.row_of, minlength=R)
-        first = torch.cumsum(counts, 0) - counts
-        slot[order] = torch.arange(B, device=slot.device) - first[p.row_of[order]]
-        Q = int(counts.max())
+        slot = p.slot_of
+        Q = int(slot.max()) + 1
         q_seg = torch.full((R, Q), -1, dtype=torch.long, device=slot.device)
         q_seg[p.row_of, slot] = rows
         q_pos = torch.zeros(R, Q, dtype=torch.long, device=slot.device)

@@ -29,7 +29,7 @@ class Packing:
     position_ids: torch.Tensor  # (R, C) position of the token inside its own sequence
     segment: torch.Tensor  # (R, C) which batch row the token came from (-1 = padding)
     row_of: torch.Tensor  # (B,) packed row of each batch row
-    start_of: torch.Tensor  # (B,) column where each batch row starts in its packed row
+    slot_of: torch.Tensor  # (B,) how many sequences precede it in its packed row
     lengths: torch.Tensor  # (B,) n_i
     B: int
     T: int
@@ -70,17 +70,17 @@ def plan_packing(lengths: torch.Tensor, T: int) -> Packing:
     pos = torch.zeros(R, C, dtype=torch.long)
     seg = torch.full((R, C), -1, dtype=torch.long)
     row_of = torch.zeros(len(n), dtype=torch.long)
-    start_of = torch.zeros(len(n), dtype=torch.long)
+    slot_of = torch.zeros(len(n), dtype=torch.long)
     for r, members in enumerate(rows):
         col = 0
-        for i in members:
+        for slot, i in enumerate(members):
             src[r, col:col + n[i]] = i * T + torch.arange(n[i])
             pos[r, col:col + n[i]] = torch.arange(n[i])
             seg[r, col:col + n[i]] = i
-            row_of[i], start_of[i] = r, col
+            row_of[i], slot_of[i] = r, slot
             col += n[i]
     return Packing(src.to(device), (seg >= 0).to(device), pos.to(device), seg.to(device), row_of.to(device),
-                   start_of.to(device), lengths.clone(), len(n), T)
+                   slot_of.to(device), lengths.clone(), len(n), T)
 
 
 def pack(x: torch.Tensor, p: Packing) -> torch.Tensor:
@@ -107,6 +107,6 @@ def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
     return n if bool(((ar[None] < n[:, None]) == mask.bool()).all()) else None
 
 
-def worth_packing(lengths: torch.Tensor, T: int) -> bool:
+def worth_packing(lengths: torch.Tensor) -> bool:
     """Pack only when it removes at least one row's worth of work (otherwise the mask costs for nothing)."""
-    return int(lengths.sum()) <= (len(lengths) - 1) * int(lengths.max()) and int(lengths.max()) <= T
+    return int(lengths.sum()) <= (len(lengths) - 1) * int(lengths.max())

@@ -99,14 +99,7 @@ def candidate_scores(model, context: PromptInputs, candidates: list[list[int]], 
         n = max(len(c) for c in chunk)
         start = C - 1 if shift else C  # the position whose logits score the candidate's first token
         logp = _window_logits(model, x, mask, start, n).log_softmax(-1)  # (B, n, V'); rows are C + len(c) long
-        targets = torch.full((len(chunk), n), 0, dtype=torch.long, device=logp.device)
-        valid = torch.zeros(len(chunk), n, dtype=torch.bool, device=logp.device)
-        for i, c in enumerate(chunk):
-            targets[i, : len(c)] = torch.tensor(c)
-            valid[i, : len(c)] = True
-        lp = logp.gather(-1, targets[..., None])[..., 0].masked_fill(~valid, 0.0)  # (B, n)
-        total = lp.sum(1)
-        out.append(total / valid.sum(1) if normalize else total)
+        out.append(_gather_scores(logp, chunk, normalize))
     return torch.cat(out).cpu()
 
 

@@ -25,7 +25,7 @@ import torch
 
 from .config import FromageConfig
 from .data.cache import FeatureCache, build_cache, vision_fingerprint
-from .io import FromageError, read_json, write_json
+from .io import FromageError, atomic_folder, read_json, write_json
 from .losses import recall_at_k
 from .presets import TrainConfig
 
@@ -165,25 +165,18 @@ def save_checkpoint(out: Path, model, opt, state: dict, name: str) -> Path:
     from safetensors.torch import save_file
 
     final = out / "checkpoints" / name
-    tmp = out / "checkpoints" / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tensors, groups = {}, []
-    for i, st in enumerate(opt.state[p] for g in opt.param_groups for p in g["params"]):
-        for k, v in st.items():
-            tensors[f"state.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(tmp / "trainer_state.safetensors"))
-    write_json(tmp / "trainer_state.json", {**state, "param_groups": groups})
-    for f in tmp.iterdir():  # make the folder's contents durable before it becomes visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_folder(final) as tmp:
+        model.save_pretrained(tmp)
+        tensors = {}
+        for i, st in enumerate(opt.state[p] for g in opt.param_groups for p in g["params"]):
+            for k, v in st.items():
+                tensors[f"state.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(tensors, str(tmp / "trainer_state.safetensors"))
+        write_json(tmp / "trainer_state.json", {**state, "param_groups": groups})
     return final
 
 

@@ -33,7 +33,7 @@ def test_prefix_lengths_and_worth():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert prefix_lengths(mask).tolist() == [2, 3]
     assert prefix_lengths(torch.tensor([[0, 1, 1]])) is None  # left padding: not packable here
-    assert worth_packing(torch.tensor([1, 1, 3]), 3) and not worth_packing(torch.tensor([3, 3, 2]), 3)
+    assert worth_packing(torch.tensor([1, 1, 3])) and not worth_packing(torch.tensor([3, 3, 2]))
 
 
 @pytest.mark.parametrize("lm", ["opt", "gpt2", "llama"])
@@ -41,7 +41,7 @@ def test_prefix_lengths_and_worth():
 def test_packed_step_equals_padded_step(make_model, lm, layout):
     m = make_model(lm, n_visual_tokens=2, ret_layers=(-1, 1), concat_prob=0.0, image_layout=layout)
     b = m.tokenize(CAPTIONS)
-    assert worth_packing(b["attention_mask"].sum(1), b["attention_mask"].shape[1])
+    assert worth_packing(b["attention_mask"].sum(1))
     b["features"] = torch.randn(len(CAPTIONS), m.vis_dim, generator=torch.Generator().manual_seed(0))
     res = {}
     for packed in (True, False):
