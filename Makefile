@@ -13,14 +13,17 @@ export HF_DATASETS_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export NO_ALBUMENTATIONS_UPDATE = 1
 
-.PHONY: venv demo test unit notebooks lint bench clean
+.PHONY: venv demo test test-latest lock notebooks lint bench clean
 
-$(STAMP): pyproject.toml
+LOCK    := requirements/course.lock
+
+# The course environment: every package pinned by the lock (torch==2.13.0 is in it, so pip takes
+# the CPU wheel in the same step instead of resolving a CUDA build), then the project without deps.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: the CPU wheel; a looser spec would pull a multi-GB CUDA build
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,photos,cc3m]'
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -37,6 +40,28 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/run_all.py
 
+# The suite against the newest releases pyproject.toml allows (a second venv, no lock), so a coming
+# break shows up here before students meet it. torch stays at the machine's CPU build when one is
+# there (any torch pyproject allows is fine; a fresh resolve would pull a multi-GB CUDA build).
+LATEST  := .venv-latest
+test-latest:
+	rm -rf $(LATEST) && $(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet torch==2.13.0
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager '.[dev,photos,cc3m]'
+	$(LATEST)/bin/pip freeze | grep -iE '^(torch|transformers|tokenizers|huggingface.hub|datasets|numpy|pillow|nbval|jupyterlab|ipywidgets|accelerate)==' | tee $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+
+# Regenerate the lock after changing dependencies in pyproject.toml (or to move the course to newer
+# releases on purpose): pip-tools resolves pyproject.toml + requirements/course.in, then
+# environment.yml is rewritten with the same pins.
+lock:
+	test -x .venv-lock/bin/pip-compile || ($(PY) -m venv .venv-lock && .venv-lock/bin/pip install --quiet --upgrade pip pip-tools)
+	.venv-lock/bin/pip-compile --quiet --upgrade --allow-unsafe --strip-extras --extra dev --extra photos --extra cc3m \
+		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+		-o $(LOCK) pyproject.toml requirements/course.in
+	$(PY) scripts/sync_lock.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -44,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) .venv-lock runs

@@ -19,19 +19,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_backbones, spread, write_result  # noqa: E402
 
 from fromage_mini import Fromage, FromageConfig  # noqa: E402
+from fromage_mini.backbones import kv_cache  # noqa: E402
 
 
 @torch.no_grad()
 def decode_cached(model, x, n):
     mask = torch.ones(1, x.shape[1], dtype=torch.long)
     logits, out = model.lm_forward(x, mask, use_cache=True)
-    past, ids = out.past_key_values, []
+    past, ids = kv_cache(out), []
     for _ in range(n):
         nxt = logits[:, -1].argmax(-1)
         ids.append(int(nxt))
         mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
-        logits, out = model.lm_forward(model.embed_tokens(nxt[:, None]), mask, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        logits, out = model.lm_forward(model.embed_tokens(nxt[:, None]), mask, cache=past, use_cache=True)
+        past = kv_cache(out)
     return ids
 
 

@@ -85,8 +85,8 @@ def main(argv=None):
     torch.manual_seed(0)
     model = Fromage.from_pretrained(a.model).eval()
     res = {}
-    val_cache = cached_split(model, "data_samples/shapesworld/val.tsv", ".cache/features", "val")
-    train_cache = cached_split(model, "data_samples/shapesworld/train.tsv", ".cache/features", "train")
+    val_cache = cached_split(model, "data_samples/shapesworld/val.tsv", "cache:features", "val")
+    train_cache = cached_split(model, "data_samples/shapesworld/train.tsv", "cache:features", "train")
     n = min(a.n, len(val_cache))
     preds = model.caption(val_cache.features(range(n)))
     res["model"] = score_captions(preds, val_cache.keys[:n], val_cache.captions[:n])

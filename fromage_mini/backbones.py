@@ -5,6 +5,8 @@ Everything goes through ``from_pretrained(name_or_path)``, so a hub name such as
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +58,25 @@ def _load_error(kind: str, name: str, err: Exception) -> FromageError:
     )
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide transformers' per-load progress bars and notes while a backbone loads (state restored after).
+
+    Our own long steps keep their tqdm bars; a "Loading weights" bar per model is noise.
+    """
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_lm(name: str, dtype: torch.dtype = torch.float32, quantization_config=None):
     """Load a frozen causal LM and its tokenizer by hub name or local path.
 
@@ -68,11 +89,12 @@ def load_lm(name: str, dtype: torch.dtype = torch.float32, quantization_config=N
 
     name = resolve(name)
     try:
-        tok = AutoTokenizer.from_pretrained(name)
-        kw = {"dtype": dtype}
-        if quantization_config is not None:
-            kw["quantization_config"] = quantization_config
-        lm = AutoModelForCausalLM.from_pretrained(name, **kw)
+        with quiet_loading():
+            tok = AutoTokenizer.from_pretrained(name)
+            kw = {"dtype": dtype}
+            if quantization_config is not None:
+                kw["quantization_config"] = quantization_config
+            lm = AutoModelForCausalLM.from_pretrained(name, **kw)
     except (OSError, ValueError, KeyError) as e:
         raise _load_error("language model", name, e) from None
     if tok.pad_token is None:
@@ -103,11 +125,12 @@ def load_vision(name: str, dtype: torch.dtype = torch.float32):
 
     name = resolve(name)
     try:
-        cfg = AutoConfig.from_pretrained(name)
-        cls = getattr(transformers, _VISION_CLASSES.get(cfg.model_type, "AutoModel"))
-        vision = cls.from_pretrained(name, dtype=dtype)
-        # the PIL backend: the classic CLIP resize/crop, identical with or without torchvision
-        processor = AutoImageProcessor.from_pretrained(name, backend="pil")
+        with quiet_loading():
+            cfg = AutoConfig.from_pretrained(name)
+            cls = getattr(transformers, _VISION_CLASSES.get(cfg.model_type, "AutoModel"))
+            vision = cls.from_pretrained(name, dtype=dtype)
+            # the PIL backend: the classic CLIP resize/crop, identical with or without torchvision
+            processor = AutoImageProcessor.from_pretrained(name, backend="pil")
     except (OSError, ValueError, KeyError) as e:
         raise _load_error("vision tower", name, e) from None
     return freeze(vision), processor
@@ -142,6 +165,21 @@ def lm_dims(lm: nn.Module) -> LMDims:
         n_layers=cfg.num_hidden_layers,
         tied=head.weight is emb.weight,
     )
+
+
+def cache_kwarg(lm: nn.Module) -> str:
+    """The name under which this transformers version takes a KV cache in a model's forward.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name still works, with a
+    FutureWarning); we pass whichever name the loaded model's signature declares.
+    """
+    names = inspect.signature(lm.forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def kv_cache(out):
+    """The KV cache a Hugging Face model output carries (``.cache`` from 5.24, ``.past_key_values`` before)."""
+    return out["cache"] if "cache" in out.keys() else out.get("past_key_values")
 
 
 def vision_dim(vision: nn.Module) -> int:

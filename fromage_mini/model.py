@@ -69,6 +69,7 @@ class Fromage(nn.Module):
         self.vision = backbones.freeze(vision)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self._cache_kw = backbones.cache_kwarg(self.lm.base_model)  # `cache` or `past_key_values`
 
         dims = backbones.lm_dims(lm)
         self.dims = dims
@@ -185,17 +186,18 @@ class Fromage(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     # the frozen LM with [RET] spliced into its output
-    def lm_hidden(self, inputs_embeds, attention_mask, position_ids=None, past_key_values=None, use_cache=False):
+    def lm_hidden(self, inputs_embeds, attention_mask, position_ids=None, cache=None, use_cache=False):
         """Run the frozen LM body (no output head) on embeddings.
 
         Returns the body's output: ``last_hidden_state`` (the state the output head reads: after
-        the final norm), ``hidden_states`` (every layer) and ``past_key_values``. Logits are then
-        computed only where they are needed (:meth:`logits_at`), which saves a (B, T, V) tensor.
+        the final norm) and ``hidden_states`` (every layer); ``backbones.kv_cache(out)`` is its KV
+        cache when ``use_cache``. Logits are then computed only where they are needed
+        (:meth:`logits_at`), which saves a (B, T, V) tensor.
         """
         lm_dtype = self.lm.get_input_embeddings().weight.dtype
         return self.lm.base_model(inputs_embeds=inputs_embeds.to(lm_dtype), attention_mask=attention_mask,
-                                  position_ids=position_ids, past_key_values=past_key_values,
-                                  use_cache=use_cache, output_hidden_states=True)
+                                  position_ids=position_ids, use_cache=use_cache, output_hidden_states=True,
+                                  **{self._cache_kw: cache})
 
     def logits_at(self, h: torch.Tensor) -> torch.Tensor:
         """Output logits (..., V') for final states h (..., d_out), with [RET]'s column spliced in.
@@ -206,10 +208,9 @@ class Fromage(nn.Module):
         ret_row = self.ret_output if self.ret_output is not None else self.ret_embedding
         return self._splice_ret_logit(logits, (h.float() @ ret_row.float()).unsqueeze(-1))
 
-    def lm_forward(self, inputs_embeds, attention_mask, past_key_values=None, use_cache=False,
-                   position_ids=None):
+    def lm_forward(self, inputs_embeds, attention_mask, cache=None, use_cache=False, position_ids=None):
         """Frozen LM on embeddings -> (logits (B, T, V') with the [RET] column, body output)."""
-        out = self.lm_hidden(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+        out = self.lm_hidden(inputs_embeds, attention_mask, position_ids, cache, use_cache)
         return self.logits_at(out.last_hidden_state), out
 
     def next_token_loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -348,7 +349,7 @@ class Fromage(nn.Module):
         with torch.no_grad():  # the caption: frozen inputs, frozen LM
             ctx = self.lm_hidden(self.embed_tokens(ids[:, :-1]), mask[:, :-1], pos[:, :-1], use_cache=True)
         ret_in = self.ret_embedding.expand(B, 1, -1)
-        last = self.lm_hidden(ret_in, mask, pos[:, -1:], past_key_values=ctx.past_key_values, use_cache=True)
+        last = self.lm_hidden(ret_in, mask, pos[:, -1:], cache=backbones.kv_cache(ctx), use_cache=True)
         # caption positions' logits are frozen except the [RET] column h·ret_row (trained);
         # position j predicts token j+1 ([RET] last); a padding position predicts nothing
         keep = valid[:, :-1]
@@ -379,7 +380,7 @@ class Fromage(nn.Module):
         see_self = torch.eye(Q, dtype=torch.bool, device=slot.device).expand(R, Q, Q)
         mask = torch.cat([see_ctx, see_self], 2)[:, None]  # (R, 1, Q, C+Q)
         ret_in = self.ret_embedding.expand(R, Q, -1)
-        last = self.lm_hidden(ret_in, mask, q_pos, past_key_values=ctx.past_key_values, use_cache=True)
+        last = self.lm_hidden(ret_in, mask, q_pos, cache=backbones.kv_cache(ctx), use_cache=True)
         # frozen caption logits except the [RET] column; position j predicts token j+1 ([RET] last)
         targets = pack(torch.roll(input_ids, -1, 1), p)
         loss = F.cross_entropy(self.logits_at(ctx.last_hidden_state[p.valid]), targets[p.valid])

@@ -14,6 +14,7 @@ import dataclasses
 from .config import FromageConfig
 
 SAMPLES = "data_samples"  # resolved by fromage_mini.paths.resolve from any working directory
+SMOLLM2 = "cache:backbones/smollm2-135m-instruct"  # written by `fromage-mini backbones smollm2`
 
 
 @dataclasses.dataclass
@@ -22,7 +23,7 @@ class TrainConfig:
 
     train_data: str = ""  # TSV, folder of webdataset shards, imagefolder/parquet, or hf:NAME
     val_data: str = ""
-    cache_dir: str = ".cache/features"  # frozen-feature cache root (per vision fingerprint)
+    cache_dir: str = "cache:features"  # frozen-feature cache root (per vision fingerprint); see fromage_mini.paths
     batch_size: int = 180
     grad_accum: int = 1  # adds no contrastive negatives (a warning says so)
     lr: float = 3e-4
@@ -59,7 +60,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
              caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
     ),
     "smollm2": (
-        dict(lm=".cache/backbones/smollm2-135m-instruct", vision=f"{SAMPLES}/toy_clip",
+        dict(lm=SMOLLM2, vision=f"{SAMPLES}/toy_clip",
              n_visual_tokens=4, image_layout="after_bos", ret_dim=256, max_len=48, concat_prob=0.0),
         dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
              batch_size=32, lr=1e-3, max_steps=400, val_every=200, caption_eval=100,

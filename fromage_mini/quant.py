@@ -47,7 +47,7 @@ def bnb_config(kind: str):
 
 # ----------------------------------------------------------------------------------------------
 # activation checkpointing through the frozen LM
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")  # 5.24 calls it `cache`
 
 
 def enable_gradient_checkpointing(model) -> int:

@@ -13,6 +13,7 @@ import copy
 
 import torch
 
+from .backbones import kv_cache
 from .generate import IMAGE, PromptInputs, build_inputs, image_features, inference, pad_batch
 from .io import FromageError
 
@@ -131,11 +132,11 @@ def _shared_context_scores(model, context: PromptInputs, candidates, normalize, 
         for i, c in enumerate(chunk):
             ids[i, : len(c)], cand_mask[i, : len(c)] = torch.tensor(c), 1
         ids, cand_mask = ids.to(dev), cand_mask.to(dev)
-        cache = copy.deepcopy(ctx.past_key_values)
+        cache = copy.deepcopy(kv_cache(ctx))
         cache.batch_repeat_interleave(B)
         mask = torch.cat([torch.ones(B, C, dtype=torch.long, device=dev), cand_mask], 1)  # (B, C + n)
         pos = (C + torch.arange(n, device=dev)).expand(B, n)
-        h = model.lm_hidden(model.embed_tokens(ids).to(x.dtype), mask, pos, past_key_values=cache,
+        h = model.lm_hidden(model.embed_tokens(ids).to(x.dtype), mask, pos, cache=cache,
                             use_cache=True).last_hidden_state  # (B, n, d_out)
         rest = model.logits_at(h[:, :-1]).float().log_softmax(-1)  # (B, n-1, V'): tokens 2..n
         out.append(_gather_scores(torch.cat([first.expand(B, 1, -1), rest], 1), chunk, normalize))

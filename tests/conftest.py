@@ -10,6 +10,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "FROMAGE_MINI_CACHE" not in os.environ:  # the suite's caches stay out of the user's cache folder
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["FROMAGE_MINI_CACHE"] = tempfile.mkdtemp(prefix="fromage-mini-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FROMAGE_MINI_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fromage_mini import Fromage, FromageConfig
+from fromage_mini.backbones import kv_cache
 from fromage_mini.io import FromageError
 from fromage_mini.memory import GIB, lm_counts, memory_table, plan_memory
 
@@ -203,6 +204,6 @@ def test_gradient_checkpointing_changes_nothing_but_memory(make_model, lm, fast)
         torch.testing.assert_close(grads_ck[n], grads[n], rtol=1e-5, atol=1e-7, msg=n)
     assert n_saved_ck < n_saved  # fewer activations kept for the backward
     with torch.no_grad():  # generation-style calls with a KV cache still work while enabled
-        assert m.lm(input_ids=b["input_ids"][:, :3].clamp(max=m.dims.vocab_rows - 1), use_cache=True).past_key_values
+        assert kv_cache(m.lm(input_ids=b["input_ids"][:, :3].clamp(max=m.dims.vocab_rows - 1), use_cache=True))
     disable_gradient_checkpointing(m)
     assert step()[2] == n_saved

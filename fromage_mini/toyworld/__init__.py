@@ -1,12 +1,11 @@
 """ShapesWorld: the synthetic offline world of fromage_mini, and its toy pretrained backbones.
 
-``DATA_SAMPLES`` is the repo's ``data_samples/`` folder; ``TOY_LM`` and ``TOY_CLIP`` are the shipped
-Hugging Face checkpoints (load with ``AutoModelForCausalLM``/``AutoTokenizer`` and
+``DATA_SAMPLES`` is the shipped ``data_samples/`` folder (see ``fromage_mini.paths``); ``TOY_LM``
+and ``TOY_CLIP`` are the shipped Hugging Face checkpoints (load with ``AutoModelForCausalLM``/``AutoTokenizer`` and
 ``CLIPVisionModel``/``AutoImageProcessor``); ``SHAPESWORLD`` holds the image–caption sample.
 Rebuild everything with ``python -m fromage_mini.toyworld.build``.
 """
-from pathlib import Path
-
+from ..paths import DATA_SAMPLES
 from .captions import (
     POSITIONS,
     STYLES,
@@ -32,7 +31,6 @@ from .world import (
     variant,
 )
 
-DATA_SAMPLES = (Path(__file__).resolve().parents[2] / "data_samples")
 SHAPESWORLD = DATA_SAMPLES / "shapesworld"
 TOY_LM = DATA_SAMPLES / "toy_lm"
 TOY_CLIP = DATA_SAMPLES / "toy_clip"
