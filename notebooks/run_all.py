@@ -6,10 +6,11 @@
 
 Each notebook runs in a fresh kernel of *this* Python (the one running the script, as
 ``pytest --nbval-current-env`` does), with the notebook's folder as working directory, exactly
-as nbval will later re-run it. Outputs (and widget state) are written back into the ``.ipynb``;
-the kernelspec is normalised to ``python3`` so nbval finds it. One line per notebook reports its
-wall time; the exit status is non-zero if any notebook failed (a failed notebook is not
-overwritten).
+as nbval will later re-run it. Outputs are written back into the ``.ipynb``, without widget state
+(``metadata.widgets``: per-run model ids, tqdm's speeds and timestamps) or per-cell execution
+metadata; the kernelspec is normalised to ``python3`` so nbval finds it. One line per notebook
+reports its wall time; the exit status is non-zero if any notebook failed (a failed notebook is
+not overwritten).
 
 After running, check that the stored outputs reproduce:
 
@@ -63,16 +64,32 @@ def run(path: Path, timeout: int) -> float:
 
     nb = nbformat.read(path, as_version=4)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, allow_errors=False,
-                            record_timing=False, resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, allow_errors=False, record_timing=False,
+                            store_widget_state=False, resources={"metadata": {"path": str(path.parent)}})
     t0 = time.perf_counter()
     client.execute(stderr=subprocess.DEVNULL)  # the kernel's own log lines (TCP notice ...)
     seconds = time.perf_counter() - t0
-    for cell in nb.cells:  # keep diffs small: no per-run execution metadata
-        cell.metadata.pop("execution", None)
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    clean(nb)
     nbformat.write(nb, path)
     return seconds
+
+
+def clean(nb) -> None:
+    """Drop what differs from run to run but is no output: widget state, execution timings.
+
+    ``metadata.widgets`` (the widget models of the last run: random ids, tqdm's speeds and timestamps),
+    each cell's ``execution`` timestamps and any widget or timing entry in an output's metadata.
+    """
+    nb.metadata.pop("widgets", None)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        for out in cell.get("outputs", []):
+            meta = out.get("metadata")
+            if not meta:
+                continue
+            for key in [k for k in meta if "widget" in k or k in ("execution", "timing")]:
+                del meta[key]
 
 
 def main(argv=None) -> int:
