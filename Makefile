@@ -41,14 +41,18 @@ notebooks: $(STAMP)
 	$(BIN)/python notebooks/run_all.py
 
 # The suite against the newest releases pyproject.toml allows (a second venv, no lock), so a coming
-# break shows up here before students meet it. torch stays at the machine's CPU build when one is
-# there (any torch pyproject allows is fine; a fresh resolve would pull a multi-GB CUDA build).
+# break shows up here before students meet it. torch is held at TORCH (default: the course's CPU
+# build), since a fresh resolve takes the newest torch, a multi-GB CUDA build on Linux; try a newer
+# one on purpose with `make test-latest TORCH=2.14.1`.
 LATEST  := .venv-latest
+TORCH   ?= 2.13.0
 test-latest:
 	rm -rf $(LATEST) && $(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
-	$(LATEST)/bin/pip install --quiet torch==2.13.0
-	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager '.[dev,photos,cc3m]'
+	echo "torch==$(TORCH)" > $(LATEST)/torch.txt
+	$(LATEST)/bin/pip install --quiet -c $(LATEST)/torch.txt "torch==$(TORCH)"
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt '.[dev,photos,cc3m]'
+	rm -rf build fromage_mini.egg-info
 	$(LATEST)/bin/pip freeze | grep -iE '^(torch|transformers|tokenizers|huggingface.hub|datasets|numpy|pillow|nbval|jupyterlab|ipywidgets|accelerate)==' | tee $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
