@@ -26,6 +26,7 @@ CPU_RUNS = [
     ["bench_generate.py", "--lm", "opt-125m", "--tokens", "32,128", "--reps", "3"],
     ["bench_index.py"],
     ["bench_scoring.py", "--lm", "opt-125m", "--context", "160", "--options", "100"],
+    ["bench_validate.py", "--lm", "opt-125m", "--n", "512", "--batch", "256"],
 ]
 
 
@@ -87,6 +88,17 @@ def table() -> str:
                 "| shared (median s) | re-run (median s) | speed-up (median, min) | same scores |", "|---|---|---|---|",
                 f"| {r['seconds_shared']['median']:.2f} | {r['seconds_rerun']['median']:.2f} | "
                 f"{sp['median']:.1f}× ({sp['min']:.1f}) | {r['same_scores']} |", ""]
+    val = sorted(RESULTS.glob("validate_*.json"))
+    if val:
+        out += ["## Validation text vectors (one pass over the split)", "",
+                "| file | machine | LM | captions × tokens | batch | peak RSS growth (MiB) | pass (median s) |",
+                "|---|---|---|---|---|---|---|"]
+        for f in val:
+            r = json.loads(f.read_text())
+            a = r["args"]
+            out.append(f"| {f.name} | {r['machine']['cpu']} | {a['lm']} | {a['n']} × {r['tokens_per_row']} | "
+                       f"{a['batch']} | {r['peak_rss_growth_mib']:.0f} | {r['pass_s']['median']:.2f} |")
+        out.append("")
     idx = RESULTS / "index.json"
     if idx.exists():
         r = json.loads(idx.read_text())

@@ -46,7 +46,7 @@ def text_vectors(model, prompts, *, batch_size: int = 32, bos: str = "once") -> 
     for s in range(0, len(prompts), batch_size):
         inputs = [_with_ret(model, build_inputs(model, p, bos=bos)) for p in prompts[s: s + batch_size]]
         x, mask, lengths = pad_batch(inputs)  # (B, T, d), (B, T), (B,)
-        _, o = model.lm_forward(x, mask)
+        o = model.lm_hidden(x, mask)  # states only: a vector needs no logits
         out.append(model.text_vectors(o.hidden_states, (lengths - 1).to(x.device)).float())
     return torch.cat(out) if out else torch.zeros(0, model.config.ret_dim)
 

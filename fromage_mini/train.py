@@ -103,7 +103,7 @@ def retrieval_vectors(model, cache: FeatureCache, batch_size: int = 256):
     for i in range(0, len(cache), batch_size):
         caps = cache.captions[i: i + batch_size]
         b = {k: v.to(model.device) for k, v in model.tokenize(caps).items()}
-        _, out = model.lm_forward(model.embed_tokens(b["input_ids"]), b["attention_mask"])
+        out = model.lm_hidden(model.embed_tokens(b["input_ids"]), b["attention_mask"])  # states only, no logits
         ts.append(model.text_vectors(out.hidden_states, model.ret_positions(b["input_ids"])).float().cpu())
         f = cache.features(range(i, min(i + batch_size, len(cache)))).to(model.device)
         vs.append(model.image_vectors(f).float().cpu())
@@ -230,7 +230,7 @@ def center_heads(model, cache: FeatureCache, n: int = 512) -> None:
         f = cache.features(idx).to(model.device)
         model.image_head.bias.sub_(model.image_vectors(f).mean(0))
         b = {k: v.to(model.device) for k, v in model.tokenize([cache.captions[i] for i in idx]).items()}
-        _, out = model.lm_forward(model.embed_tokens(b["input_ids"]), b["attention_mask"])
+        out = model.lm_hidden(model.embed_tokens(b["input_ids"]), b["attention_mask"])  # states only, no logits
         t = model.text_vectors(out.hidden_states, model.ret_positions(b["input_ids"]))
         model.text_heads[0][0].bias.sub_(t.mean(0))
 
