@@ -49,12 +49,12 @@ def resolve(name: str) -> str:
         return name
     if name.startswith(CACHE_PREFIX):
         return str(cache_root() / name[len(CACHE_PREFIX):])
-    if name.startswith(SAMPLES_PREFIX) or name.rstrip("/") == SAMPLES_PREFIX.rstrip("/"):
+    if name.startswith(SAMPLES_PREFIX) or name.rstrip("/") == SAMPLES_PREFIX[:-1]:
         root = data_root()
         if not root.is_dir():
             from .io import FromageError
 
             raise FromageError(f"the shipped samples are not at {root}: set FROMAGE_MINI_DATA to a data_samples "
                                "folder (a source checkout has one), or install fromage_mini from a wheel or checkout")
-        return str(root / name[len(SAMPLES_PREFIX):]) if name.startswith(SAMPLES_PREFIX) else str(root)
+        return str(root / name[len(SAMPLES_PREFIX):])
     return name
