@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_backbones, spread, write_result  # noqa: E402
 
 from fromage_mini import Fromage, FromageConfig  # noqa: E402
-from fromage_mini.backbones import kv_cache  # noqa: E402
+from fromage_mini.model.backbones import kv_cache  # noqa: E402
 
 
 @torch.no_grad()

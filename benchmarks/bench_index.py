@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine
 
-import fromage_mini.index as I
-from fromage_mini.index import IndexWriter, RetrievalIndex
-from fromage_mini.io import write_json
+import fromage_mini.retrieval.index as I
+from fromage_mini.files import write_json
+from fromage_mini.retrieval.index import IndexWriter, RetrievalIndex
 
 DIM = 256
 FINGERPRINT = "synthetic-bench"

@@ -12,7 +12,7 @@ GPU for inference.
 
 Per lm_dtype and batch: peak ``torch.cuda.max_memory_allocated`` (and reserved) over a warm-up
 step plus ``--steps`` timed steps, samples/s, and the planner's estimate
-(``fromage_mini.memory.plan_memory``) for the same row. Writes
+(``fromage_mini.tools.memory.plan_memory``) for the same row. Writes
 ``benchmarks/results/memory_gpu.json``, which ``memory.memory_table`` reads.
 
 nf4 needs bitsandbytes and accelerate. If they are missing, every wheel in ``.whl/`` at the repo
@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT))
 from common import build_backbones, write_result  # noqa: E402
 
 from fromage_mini import Fromage, FromageConfig  # noqa: E402
-from fromage_mini.memory import GIB, plan_memory  # noqa: E402
-from fromage_mini.tiny import make_tokenizer  # noqa: E402
-from fromage_mini.train import autocast_for  # noqa: E402
+from fromage_mini.tools.memory import GIB, plan_memory  # noqa: E402
+from fromage_mini.toyworld.tiny import make_tokenizer  # noqa: E402
+from fromage_mini.train.loop import autocast_for  # noqa: E402
 
 L = 24  # caption tokens incl. BOS and [RET]
 DTYPE_NAMES = {"bf16": "bfloat16", "nf4": "nf4", "int8": "int8"}
@@ -232,7 +232,7 @@ def main(argv=None):
                 place(model, dev, vision_on_device=mode == "inference")
                 for ckpt in (False, True) if mode == "train" and a.grad_ckpt else (False,):
                     if ckpt:
-                        from fromage_mini.quant import enable_gradient_checkpointing
+                        from fromage_mini.model.quant import enable_gradient_checkpointing
 
                         enable_gradient_checkpointing(model)
                     for B in bs:

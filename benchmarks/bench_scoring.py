@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_backbones, spread, write_result  # noqa: E402
 
 from fromage_mini import Fromage, FromageConfig  # noqa: E402
-from fromage_mini.generate import PromptInputs  # noqa: E402
-from fromage_mini.scoring import candidate_scores  # noqa: E402
+from fromage_mini.infer.generate import PromptInputs  # noqa: E402
+from fromage_mini.infer.scoring import candidate_scores  # noqa: E402
 
 
 def main(argv=None):

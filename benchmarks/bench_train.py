@@ -33,7 +33,7 @@ from common import build_backbones, spread, write_result  # noqa: E402
 from original_scheme import OriginalScheme  # noqa: E402
 
 from fromage_mini import Fromage, FromageConfig  # noqa: E402
-from fromage_mini.train import PEAK_FLOPS, autocast_for  # noqa: E402
+from fromage_mini.train.loop import PEAK_FLOPS, autocast_for  # noqa: E402
 
 L = 24  # caption length incl. BOS and [RET], as the original's max_len
 

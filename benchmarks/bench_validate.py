@@ -41,7 +41,7 @@ class _Cache:
 
 def _setup(a):
     from fromage_mini import Fromage, FromageConfig
-    from fromage_mini.tiny import make_tokenizer
+    from fromage_mini.toyworld.tiny import make_tokenizer
 
     torch.manual_seed(0)
     lm, vis = build_backbones(a.lm, "toy", torch.device("cpu"))
@@ -59,7 +59,7 @@ def _setup(a):
 
 
 def _child(a) -> dict:
-    from fromage_mini.train import retrieval_vectors
+    from fromage_mini.train.loop import retrieval_vectors
 
     model, cache = _setup(a)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

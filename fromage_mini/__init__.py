@@ -1,7 +1,19 @@
-"""fromage_mini: a compact, teaching-scale reimplementation of FROMAGe (Koh et al., ICML 2023)."""
-from .config import FromageConfig
-from .io import FromageError
-from .model import Fromage, FromageOutput
+"""fromage_mini: a compact, teaching-scale reimplementation of FROMAGe (Koh et al., ICML 2023).
 
-__version__ = "0.1.0"
-__all__ = ["Fromage", "FromageConfig", "FromageOutput", "FromageError", "__version__"]
+Layers, lowest first (``tests/test_layers.py`` keeps them so): errors/files/paths/config/presets;
+data, toyworld; model (the paper); infer; retrieval; eval, tools; train; chat, demo, cli.
+"""
+from .chat import Dialogue
+from .config import FromageConfig
+from .errors import FromageError
+from .infer.generate import attach as _attach
+from .infer.generate import generate
+from .model.fromage import Fromage, FromageOutput
+from .presets import TrainConfig
+from .retrieval.index import RetrievalIndex
+from .version import __version__
+
+_attach(Fromage)  # model.generate(...), model.caption(...)
+
+__all__ = ["Dialogue", "Fromage", "FromageConfig", "FromageError", "FromageOutput", "RetrievalIndex",
+           "TrainConfig", "__version__", "generate"]

@@ -19,8 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .generate import GenerationResult, generate
-from .io import FromageError
+from .errors import FromageError
+from .infer.generate import GenerationResult, generate
 
 
 class Dialogue:
@@ -29,10 +29,10 @@ class Dialogue:
     the history. A [RET] the model emits stays in the history as the [RET] token.
 
     Args:
-        model: a :class:`~fromage_mini.model.Fromage`.
+        model: a :class:`~fromage_mini.model.fromage.Fromage`.
         index: a retrieval index (``search`` / ``metadata`` / ``len``) or None.
         context: items (text or images) placed before the first question.
-        **generate_kwargs: passed to :func:`~fromage_mini.generate.generate` each turn
+        **generate_kwargs: passed to :func:`~fromage_mini.infer.generate.generate` each turn
             (``max_new_tokens``, ``ret_scale_factor``, ``temperature``, ``top_p``, ``seed`` ...).
     """
 
@@ -46,7 +46,7 @@ class Dialogue:
         """Ask one question (optionally about ``image``: PIL, path or tensor); returns the answer."""
         if image is not None:
             if isinstance(image, (str, Path)):
-                from .evaluate import load_image
+                from .data.images import load_image
                 image = load_image(image)
             self.history.append(image)
         self.history.append(f"Q: {text}\nA:")
@@ -60,18 +60,18 @@ class Dialogue:
 
 
 def load_index(path):
-    """Load a saved retrieval index folder with ``fromage_mini.index``."""
+    """Load a saved retrieval index folder with ``fromage_mini.retrieval.index``."""
     try:
-        from . import index as index_module
+        from .retrieval import index as index_module
     except ImportError as e:
-        raise FromageError(f"retrieval needs fromage_mini.index, which could not be imported ({e})") from None
+        raise FromageError(f"retrieval needs fromage_mini.retrieval.index, which could not be imported ({e})") from None
     if hasattr(index_module, "load_index"):
         return index_module.load_index(path)
     cls = getattr(index_module, "RetrievalIndex", None)
     for name in ("load", "from_dir", "from_pretrained"):
         if cls is not None and hasattr(cls, name):
             return getattr(cls, name)(path)
-    raise FromageError("fromage_mini.index has no loader (load_index or RetrievalIndex.load)")
+    raise FromageError("fromage_mini.retrieval.index has no loader (load_index or RetrievalIndex.load)")
 
 
 def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None, fetch_urls: bool = False,
@@ -96,7 +96,7 @@ def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None,
                 shutil.copyfile(src, dst)
                 lines.append(f"[image] {dst}  {label}".rstrip())
             elif fetch_urls and meta.get("url"):
-                from .fetch import fetch_image
+                from .data.fetch import fetch_image
 
                 got = fetch_image(meta["url"], timeout=timeout)
                 if got.image is not None:
@@ -112,7 +112,8 @@ def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None,
 
 
 def _run(args) -> int:
-    from .evaluate import load_image, load_model
+    from .data.images import load_image
+    from .model import load_model
 
     model = load_model(args.model, args.device)
     index = load_index(args.index) if args.index else None

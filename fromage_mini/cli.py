@@ -11,17 +11,17 @@ import importlib
 import os
 import sys
 
-from .io import FromageError
+from .errors import FromageError
 
 # subcommand -> module that defines ``register(subparsers)``
 COMMANDS = {
     "demo": "fromage_mini.demo",
-    "train": "fromage_mini.train",
+    "train": "fromage_mini.train.loop",
     "data": "fromage_mini.data.cc3m",
-    "eval": "fromage_mini.evaluate",
+    "eval": "fromage_mini.eval.benchmarks",
     "chat": "fromage_mini.chat",
-    "index": "fromage_mini.index_build",
-    "backbones": "fromage_mini.convert",
+    "index": "fromage_mini.retrieval.build",
+    "backbones": "fromage_mini.tools.gguf",
 }
 
 

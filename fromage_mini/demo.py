@@ -13,7 +13,7 @@ def run(out: str | Path, steps: int = 60, seed: int = 0) -> dict:
     import torch
 
     from . import Fromage, FromageConfig
-    from .tiny import TINY_TEXTS, make_tiny_lm, make_tiny_vision
+    from .toyworld.tiny import TINY_TEXTS, make_tiny_lm, make_tiny_vision
 
     out = Path(out)
     torch.manual_seed(seed)

@@ -52,7 +52,7 @@ def resolve(name: str) -> str:
     if name.startswith(SAMPLES_PREFIX) or name.rstrip("/") == SAMPLES_PREFIX[:-1]:
         root = data_root()
         if not root.is_dir():
-            from .io import FromageError
+            from .errors import FromageError
 
             raise FromageError(f"the shipped samples are not at {root}: set FROMAGE_MINI_DATA to a data_samples "
                                "folder (a source checkout has one), or install fromage_mini from a wheel or checkout")

@@ -81,7 +81,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
 
 def resolve(preset: str, overrides: dict | None = None) -> tuple[FromageConfig, TrainConfig]:
     """Preset name + ``{field: value}`` overrides -> (FromageConfig, TrainConfig)."""
-    from .io import FromageError
+    from .errors import FromageError
 
     if preset not in PRESETS:
         raise FromageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

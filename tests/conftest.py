@@ -21,7 +21,7 @@ if "FROMAGE_MINI_CACHE" not in os.environ:  # the suite's caches stay out of the
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fromage_mini.tiny import make_tiny_lm, make_tiny_vision, make_tokenizer  # noqa: E402
+from fromage_mini.toyworld.tiny import make_tiny_lm, make_tiny_vision, make_tokenizer  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

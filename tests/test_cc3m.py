@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fromage_mini.data import cc3m, prepare_cc3m, read_webdataset
-from fromage_mini.io import FromageError
+from fromage_mini.errors import FromageError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # datasets reads these when first imported

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fromage_mini import Fromage, FromageError
-from fromage_mini.checkpoint import RELEASED_KEYS, write_released_format
+from fromage_mini.model.checkpoint import RELEASED_KEYS, write_released_format
 
 
 def perturb(m, seed=1):
@@ -89,7 +89,7 @@ def test_released_import_rejects_pickled_objects(tmp_path):
 
     torch.save({"state_dict": {"x": Evil()}}, tmp_path / "bad.pth.tar")
     (tmp_path / "model_args.json").write_text("{}")
-    from fromage_mini.checkpoint import read_released_state
+    from fromage_mini.model.checkpoint import read_released_state
 
     with pytest.raises(FromageError, match="refusing to unpickle"):
         read_released_state(tmp_path / "bad.pth.tar")

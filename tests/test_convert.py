@@ -1,4 +1,4 @@
-"""GGUF -> Hugging Face folder (fromage_mini.convert), on a tiny llama GGUF written here.
+"""GGUF -> Hugging Face folder (fromage_mini.tools.gguf), on a tiny llama GGUF written here.
 
 The tiny file has the layout of SmolLM2's GGUF (llama architecture, gpt2-style byte-level BPE in
 the metadata, no output.weight so the embeddings are tied) at 2 layers x 32 wide, so the real
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from fromage_mini import cli, convert
-from fromage_mini.io import FromageError
-from fromage_mini.tiny import make_tokenizer
+from fromage_mini import cli
+from fromage_mini.errors import FromageError
+from fromage_mini.tools import gguf as convert
+from fromage_mini.toyworld.tiny import make_tokenizer
 
 D, FFN, LAYERS, HEADS, KV_HEADS = 32, 64, 2, 4, 2
 TEXT = "a small red circle at the top left."

@@ -76,7 +76,7 @@ def test_sigkill_during_cache_build_then_resume(tiny_lm_path, tiny_vision_path, 
 def test_non_finite_rows_in_a_cache_file_are_skipped_by_the_trainer(tiny_lm_path, tiny_vision_path, tmp_path):
     from fromage_mini import FromageConfig
     from fromage_mini.presets import TrainConfig
-    from fromage_mini.train import train
+    from fromage_mini.train.loop import train
 
     sys.path.insert(0, os.path.dirname(__file__))
     from test_train import write_split

@@ -135,8 +135,8 @@ def test_ddp_two_ranks_match_one_process(tmp_path, make_model):
 def test_helpers_without_a_process_group():
     import pytest
 
-    from fromage_mini import distributed as d
-    from fromage_mini.io import FromageError
+    from fromage_mini.errors import FromageError
+    from fromage_mini.train import distributed as d
 
     assert not d.active() and d.world() == 1 and d.rank() == 0 and d.is_main()
     assert d.init_from_env() is False or d.active()  # WORLD_SIZE unset under pytest
@@ -159,7 +159,8 @@ def _worker(work: Path) -> None:
     torch.set_num_threads(1)
     from safetensors.torch import load_file, save_file
 
-    from fromage_mini import Fromage, distributed
+    from fromage_mini import Fromage
+    from fromage_mini.train import distributed
 
     assert distributed.init_from_env(), "expected WORLD_SIZE > 1"
     try:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fromage_mini import evaluate as ev
+from fromage_mini.eval import benchmarks as ev
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -119,7 +119,7 @@ def test_vist_scores_match_a_direct_computation(model):
     stories, _ = ev.read_vist(FIXTURES / "vist_sis_tiny.json")
     images = random_features(model, [i for s in stories for i in s.images], seed=3)
     out = ev.contextual_retrieval(model, stories, images, ks=(1, 2, 3))
-    from fromage_mini.scoring import image_vectors, text_vectors
+    from fromage_mini.infer.scoring import image_vectors, text_vectors
 
     keys = list(images)
     v = torch.nn.functional.normalize(image_vectors(model, torch.stack([images[k] for k in keys])), dim=-1)

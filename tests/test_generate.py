@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fromage_mini import scoring
 from fromage_mini.chat import Dialogue, save_retrieved
-from fromage_mini.generate import (
+from fromage_mini.infer import scoring
+from fromage_mini.infer.generate import (
     IMAGE,
     TensorIndex,
     attach,
@@ -298,7 +298,7 @@ def test_retrieval_excludes_ids_and_never_repeats(models):
 
 
 def test_works_with_the_project_retrieval_index(models, tmp_path):
-    import fromage_mini.index as index
+    import fromage_mini.retrieval.index as index
     m = models()
     vecs = torch.randn(12, 16, generator=torch.Generator().manual_seed(2))
     meta = [{"caption": f"image {i}"} for i in range(12)]

@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fromage_mini.index as I
-from fromage_mini.index import IndexWriter, RetrievalIndex
-from fromage_mini.io import FromageError
+import fromage_mini.retrieval.index as I
+from fromage_mini.errors import FromageError
+from fromage_mini.retrieval.index import IndexWriter, RetrievalIndex
 
 D = 16
 

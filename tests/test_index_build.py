@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fromage_mini import FromageError
-from fromage_mini.index_build import build_index, load_for, model_fingerprint
+from fromage_mini.retrieval.build import build_index, load_for, model_fingerprint
 
 
 def test_build_search_and_fingerprint(make_model, tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fromage_mini import Fromage, FromageConfig
-from fromage_mini.backbones import kv_cache
-from fromage_mini.io import FromageError
-from fromage_mini.memory import GIB, lm_counts, memory_table, plan_memory
+from fromage_mini.errors import FromageError
+from fromage_mini.model.backbones import kv_cache
+from fromage_mini.tools.memory import GIB, lm_counts, memory_table, plan_memory
 
 CAPTION = "a large blue square on the right and a small green triangle at the bottom."
 
@@ -120,7 +120,7 @@ def test_memory_table_marks_measured_rows(tmp_path):
 def test_bnb_config_explains_what_is_missing(monkeypatch):
     import importlib.util
 
-    from fromage_mini import quant
+    from fromage_mini.model import quant
 
     with pytest.raises(FromageError, match="int8' or 'nf4"):
         quant.bnb_config("int4")
@@ -151,7 +151,7 @@ def test_quantized_weight_estimate_matches_bitsandbytes(tiny_lm_path, tiny_visio
     """Runs where bitsandbytes and accelerate are installed (its CPU backend will do)."""
     pytest.importorskip("bitsandbytes")
     pytest.importorskip("accelerate")
-    from fromage_mini import quant
+    from fromage_mini.model import quant
 
     if not torch.cuda.is_available():  # let bnb_config through; the loading itself stays on the CPU
         real = quant.bnb_config
@@ -182,7 +182,7 @@ def test_quantized_weight_estimate_matches_bitsandbytes(tiny_lm_path, tiny_visio
 
 @pytest.mark.parametrize("lm,fast", [("opt", True), ("gpt2", False), ("llama", True)])
 def test_gradient_checkpointing_changes_nothing_but_memory(make_model, lm, fast):
-    from fromage_mini.quant import disable_gradient_checkpointing, enable_gradient_checkpointing
+    from fromage_mini.model.quant import disable_gradient_checkpointing, enable_gradient_checkpointing
 
     m = make_model(lm, n_visual_tokens=2, ret_layers=(-1, 1), fast_ret_pass=fast, concat_prob=0.0).train()
     b = m.tokenize(["a small red circle at the top left.", "two cats sleep on a sofa.", "a dog", "the quick fox"])

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fromage_mini.losses import IGNORE
-from fromage_mini.model import expected_adapter_count
+from fromage_mini.model.fromage import expected_adapter_count
+from fromage_mini.model.losses import IGNORE
 
 CAPTIONS = ["a small red circle at the top left.", "two cats sleep on a sofa in the sun.",
             "a photo of a dog running on the beach.", "the quick brown fox."]
@@ -166,7 +166,7 @@ def test_label_rules(make_model):
         assert labels[i, 2 + n - 1] == IGNORE and ids[i, n - 1] == m.ret_id  # [RET] masked
         assert (labels[i, 2 + n:] == IGNORE).all()  # padding masked
         assert (labels[i, 3: 2 + n - 1] == ids[i, 1: n - 1]).all()  # words are targets
-    from fromage_mini.losses import retrieval_labels
+    from fromage_mini.model.losses import retrieval_labels
 
     r = retrieval_labels(ids, mask)
     assert (r[mask == 1] == ids[mask == 1]).all() and (r[mask == 0] == IGNORE).all()

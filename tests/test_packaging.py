@@ -129,7 +129,7 @@ def test_installed_wheel_finds_its_samples_from_anywhere(wheel, tmp_path):
 
 def test_missing_samples_say_what_to_do(tmp_path, monkeypatch):
     from fromage_mini import paths
-    from fromage_mini.io import FromageError
+    from fromage_mini.errors import FromageError
 
     monkeypatch.setenv("FROMAGE_MINI_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(FromageError, match="set FROMAGE_MINI_DATA"):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fromage_mini.packing import pack, plan_packing, prefix_lengths, unpack, worth_packing
+from fromage_mini.model.packing import pack, plan_packing, prefix_lengths, unpack, worth_packing
 
 # very different lengths, so packing saves rows
 CAPTIONS = ["a red circle", "two small blue squares at the top left of a grey picture", "a cat",

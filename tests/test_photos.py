@@ -1,7 +1,7 @@
 """The offline photo loader (scikit-image / matplotlib / scikit-learn samples)."""
 import pytest
 
-from fromage_mini.photos import load_photos
+from fromage_mini.toyworld.photos import load_photos
 
 
 def test_photos_are_rgb_with_captions():

@@ -16,10 +16,10 @@ SCRIPT = textwrap.dedent("""
     import torch
     from PIL import Image
     from fromage_mini import Fromage
-    from fromage_mini.generate import TensorIndex
+    from fromage_mini.infer.generate import TensorIndex
     from fromage_mini.paths import DATA_SAMPLES
-    from fromage_mini.quant import enable_gradient_checkpointing
-    from fromage_mini.scoring import log_likelihood
+    from fromage_mini.model.quant import enable_gradient_checkpointing
+    from fromage_mini.infer.scoring import log_likelihood
 
     rows = [ln.split("\\t") for ln in (DATA_SAMPLES / "shapesworld/val.tsv").read_text().splitlines()[1:9]]
     images = [Image.open(DATA_SAMPLES / "shapesworld" / p) for _, p in rows]

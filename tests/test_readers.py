@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fromage_mini.data import (
-    SKIP_REASONS,
-    SkipLog,
-    open_reader,
-    read_hf_dataset,
-    read_tsv,
-    read_webdataset,
-)
-from fromage_mini.io import FromageError
+from fromage_mini.data import SKIP_REASONS, SkipLog, open_reader, read_hf_dataset, read_tsv, read_webdataset
+from fromage_mini.errors import FromageError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # datasets reads these when first imported

@@ -107,7 +107,7 @@ def server():
 
 
 def test_fetch_is_bounded_and_reports_failures(server):
-    from fromage_mini.fetch import fetch_image
+    from fromage_mini.data.fetch import fetch_image
 
     ok = fetch_image(f"{server}/ok.png")
     assert ok.error is None and ok.image.size == (8, 8)
@@ -127,7 +127,7 @@ def test_fetch_is_bounded_and_reports_failures(server):
 def test_label_mask_invariants(make_model_cached, lengths, k, layout):
     """For any caption lengths: prefix, padding and [RET] are never captioning targets; every word is;
     in retrieval mode exactly one [RET] per row is a target and padding never is."""
-    from fromage_mini.losses import IGNORE, retrieval_labels
+    from fromage_mini.model.losses import IGNORE, retrieval_labels
 
     m = make_model_cached(k, layout)
     words = m.tokenizer("red blue green circle square the a of", add_special_tokens=False).input_ids

@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from fromage_mini.io import FromageError
+from fromage_mini.errors import FromageError
 from fromage_mini.presets import TrainConfig
-from fromage_mini.train import lr_at
+from fromage_mini.train.loop import lr_at
 
 
 def test_constant_after_warmup_by_default():

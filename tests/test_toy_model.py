@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fromage_mini import Fromage
-from fromage_mini.generate import TensorIndex
+from fromage_mini.infer.generate import TensorIndex
 from fromage_mini.paths import DATA_SAMPLES
 
 ROOT = DATA_SAMPLES / "shapesworld"

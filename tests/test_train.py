@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fromage_mini.presets import TrainConfig
-from fromage_mini.train import train
+from fromage_mini.train.loop import train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 SHAPES = ["circle", "square"]

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import FromageError, load_numpy, read_json, save_numpy, write_json
+from ..errors import FromageError
+from ..files import load_numpy, read_json, save_numpy, write_json
 
 FORMAT = 1
 

@@ -30,7 +30,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from ..io import FromageError, atomic_write
+from ..errors import FromageError
+from ..files import atomic_write
 from .readers import SkipLog
 
 INSTALL_HINT = "pip install img2dataset  (or: pip install 'fromage_mini[cc3m]')"

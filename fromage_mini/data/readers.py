@@ -12,7 +12,7 @@ Bad data is **skipped and counted, never replaced**: the original FROMAGe loader
 returned a random other item, which hides broken data and changes what the model sees. Here each
 skipped item is recorded in a :class:`SkipLog` under one reason (see ``SKIP_REASONS``) and logged at
 DEBUG level. Mistakes in what the user asked for (a missing TSV, a missing header column, no shards
-found) raise :class:`~fromage_mini.io.FromageError` instead: those are errors, not bad items.
+found) raise :class:`~fromage_mini.files.FromageError` instead: those are errors, not bad items.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..io import FromageError
+from ..errors import FromageError
+from .images import IMAGE_EXTENSIONS
 
 log = logging.getLogger("fromage_mini.data")
 
@@ -51,7 +52,6 @@ SKIP_REASONS = {
     "corrupt_shard": "a tar shard cannot be read at all",
 }
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # in priority order
 CAPTION_EXTENSIONS = ("txt", "caption")
 
 

@@ -6,15 +6,7 @@ and ``TOY_CLIP`` are the shipped Hugging Face checkpoints (load with ``AutoModel
 Rebuild everything with ``python -m fromage_mini.toyworld.build``.
 """
 from ..paths import DATA_SAMPLES
-from .captions import (
-    POSITIONS,
-    STYLES,
-    canonical_caption,
-    caption_scores,
-    compound,
-    parse_caption,
-    styled_caption,
-)
+from .captions import POSITIONS, STYLES, canonical_caption, caption_scores, compound, parse_caption, styled_caption
 from .dialogue import make_dialogue, turn_text
 from .stories import make_story, story_text
 from .world import (

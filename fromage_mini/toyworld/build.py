@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..io import read_json, write_json
+from ..files import read_json, write_json
 from .samples import write_shapesworld
 
 # The shipped recipe. The LM uses batch 64 rather than the prototype's 128: the "bag" behaviour FROMAGe

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..io import atomic_write, write_json
+from ..files import atomic_write, write_json
 from .captions import STYLES, canonical_caption, styled_caption
 from .dialogue import make_dialogue
 from .stories import make_story

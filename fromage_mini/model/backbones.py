@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .io import FromageError
+from ..errors import FromageError
 
 
 @dataclass
@@ -85,7 +85,7 @@ def load_lm(name: str, dtype: torch.dtype = torch.float32, quantization_config=N
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .paths import resolve
+    from ..paths import resolve
 
     name = resolve(name)
     try:
@@ -121,7 +121,7 @@ def load_vision(name: str, dtype: torch.dtype = torch.float32):
     import transformers
     from transformers import AutoConfig, AutoImageProcessor
 
-    from .paths import resolve
+    from ..paths import resolve
 
     name = resolve(name)
     try:
@@ -140,7 +140,7 @@ def add_ret_token(tokenizer, token: str = "[RET]") -> int:
     """Add the retrieval token to the tokenizer (once) and return its id.
 
     The LM's embedding matrix is *not* resized: [RET] lives in its own parameters
-    (see ``model.py``), so the id may point past the matrix.
+    (see ``fromage.py``), so the id may point past the matrix.
     """
     from transformers import AddedToken
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .backbones import kv_cache
-from .io import FromageError
+from ..errors import FromageError
+from ..model.backbones import kv_cache
 
 IMAGE = -1  # placeholder id at visual-prefix positions in :class:`PromptInputs`
 
@@ -125,7 +125,7 @@ class GenerationResult:
 class TensorIndex:
     """An in-memory cosine-similarity index over (N, q) vectors, with optional per-item metadata.
 
-    Same duck-typed interface as ``fromage_mini.index.RetrievalIndex``:
+    Same duck-typed interface as ``fromage_mini.retrieval.index.RetrievalIndex``:
     ``search(queries, k, exclude) -> (scores (n, k), ids (n, k))``, ``metadata(i)``, ``len()``.
     """
 
@@ -363,7 +363,7 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
     """Continue an interleaved prompt with text and retrieved images.
 
     Args:
-        model: a :class:`~fromage_mini.model.Fromage`.
+        model: a :class:`~fromage_mini.model.fromage.Fromage`.
         prompt: a list of ``str``, ``PIL.Image`` or tensors ((D,) pooled feature or (3, H, W)
             pixels) in any order (see :func:`build_inputs`). A prompt ending in [RET] is answered
             with a retrieval first (the original's ``num_words=0`` use; ``max_new_tokens=0`` stops there).
@@ -506,10 +506,11 @@ def _caption_batch(model, feats: torch.Tensor, max_new_tokens: int) -> list[str]
     return [t.strip() for t in texts]
 
 
-def attach(cls=None):
-    """Add ``generate`` and ``caption`` as methods of :class:`Fromage` (``model.generate(prompt, ...)``)."""
-    if cls is None:
-        from .model import Fromage as cls
+def attach(cls) -> type:
+    """Add :func:`generate` and :func:`caption` as methods of ``cls`` (``model.generate(prompt, ...)``).
+
+    The package calls this on :class:`~fromage_mini.model.fromage.Fromage` when it is imported.
+    """
     cls.generate = generate
     cls.caption = caption
     return cls

@@ -33,30 +33,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .generate import build_inputs, inference
-from .io import FromageError, read_json, write_json
-from .losses import recall_at_k
-from .scoring import candidate_scores, image_vectors, log_likelihood, text_vectors
-
-SQUASH = (224, 224)  # the original resized every eval image to this, ignoring its aspect ratio
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
+from ..data.images import IMAGE_SUFFIXES, SQUASH, load_image
+from ..errors import FromageError
+from ..files import read_json, write_json
+from ..infer.generate import build_inputs, inference
+from ..infer.scoring import candidate_scores, image_vectors, log_likelihood, text_vectors
+from ..model import load_model
+from ..model.losses import recall_at_k
 
 
 # ---------------------------------------------------------------------------------------------
 # images
-def load_image(path, squash: bool = False):
-    """Open an image file as RGB (``squash``: resize to 224×224 first, as the original did)."""
-    from PIL import Image
-
-    try:
-        im = Image.open(path)
-        if squash:
-            im = im.resize(SQUASH)
-        return im.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise FromageError(f"{path}: cannot read image ({e})") from None
-
-
 def find_images(folder) -> dict[str, Path]:
     """Image files under ``folder`` by id: the file stem, and the number its stem ends with.
 
@@ -79,7 +66,7 @@ def find_images(folder) -> dict[str, Path]:
 def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
                      batch_size: int = 32) -> dict[str, torch.Tensor]:
     """{id: PIL / path / (D,) feature / (3, H, W) pixels} -> {id: (D,) pooled feature}, in batches."""
-    from .generate import image_features
+    from ..infer.generate import image_features
 
     keys = list(images)
     out: dict[str, torch.Tensor] = {}
@@ -161,7 +148,7 @@ def read_pairs(path, image_root=None) -> list[tuple[str, Path]]:
     """(caption, image path) pairs from a JSON list (``{"caption", "image"}`` objects or 2-lists)
     or a TSV/CSV with ``caption`` and ``image`` columns. Relative image paths are resolved against
     ``image_root`` (default: the file's folder)."""
-    from .paths import resolve
+    from ..paths import resolve
 
     path = Path(resolve(str(path)))
     root = Path(resolve(str(image_root))) if image_root else path.parent
@@ -444,15 +431,6 @@ def visdial_image_retrieval(model, dialogs: list[VisDialDialog], images: Mapping
 
 # ---------------------------------------------------------------------------------------------
 # command line: fromage-mini eval --model CKPT {recall,vist,visdial} ...
-def load_model(path, device: str = "auto"):
-    """A trained model from a ``save_pretrained`` folder, on ``device`` ("auto": CUDA if available), in eval mode."""
-    from .model import Fromage
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Fromage.from_pretrained(path, device=device).to(device).eval()
-
-
 def _run(args) -> int:
     model = load_model(args.model, args.device)
     ks = tuple(int(k) for k in args.ks.split(","))
@@ -500,7 +478,7 @@ def register(sub):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--faithful-to-original", action="store_true",
-                   help="reproduce the original scripts' scoring quirks (see fromage_mini/evaluate.py)")
+                   help="reproduce the original scripts' scoring quirks (see fromage_mini/eval/benchmarks.py)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     tasks = p.add_subparsers(dest="task", required=True)
     r = tasks.add_parser("recall", help="caption<->image recall@k over a set of pairs")

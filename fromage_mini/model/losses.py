@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import gather as gather_ops
+
 IGNORE = -100
 
 
@@ -34,28 +36,26 @@ def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor, gathe
     Returns (loss_t2i, loss_i2t, logits_per_text (B, B)).
 
     Data parallel (``gather``; None = whenever ``torch.distributed`` runs with world W > 1): every
-    rank all-gathers the normalised vectors (``distributed.all_gather_with_grad``: slot r holds
+    rank all-gathers the normalised vectors (``gather.all_gather_with_grad``: slot r holds
     rank r's shard, only the local slot carries grad), so B = B_global, the logits are the global
     (B_global, B_global) matrix, the targets are ``arange(B_global)`` and both losses are the
     global-batch losses, identical on every rank. Gradient scaling: the gradient that reaches
     rank r's adapters through its vectors is only the part of dL/dθ that flows through shard r;
     the full gradient is the *sum* of these over ranks, and DDP *averages*. So the gradient into
-    the local vectors is multiplied by W (``distributed.scale_grad``) before gathering: DDP's
+    the local vectors is multiplied by W (``gather.scale_grad``) before gathering: DDP's
     mean of W·(part r) is then the full gradient. The loss value itself is not scaled, and
     ``scale`` is applied after the gather: its gradient is already the full one on every rank
     (scaling the loss by W instead would make logit_scale's gradient W times too large). Pass
     ``gather=False`` for a rank-local evaluation (a gather with a missing rank would hang).
     """
-    from . import distributed
-
     t = F.normalize(text.float(), dim=-1)
     v = F.normalize(image.float(), dim=-1)
     if gather is None:
-        gather = distributed.active()
+        gather = gather_ops.active()
     if gather:
-        w = distributed.world()
-        t = distributed.all_gather_with_grad(distributed.scale_grad(t, w))
-        v = distributed.all_gather_with_grad(distributed.scale_grad(v, w))
+        w = gather_ops.world()
+        t = gather_ops.all_gather_with_grad(gather_ops.scale_grad(t, w))
+        v = gather_ops.all_gather_with_grad(gather_ops.scale_grad(v, w))
     logits_per_text = t @ (v * scale).T  # (B, B): row i scores text i against every image
     target = torch.arange(t.shape[0], device=t.device)  # global order = rank order of the shards
     loss_t2i = F.cross_entropy(logits_per_text, target)

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import FromageConfig
+from ..errors import FromageError
 from . import backbones
-from .config import FromageConfig
-from .io import FromageError
 from .losses import IGNORE, caption_labels, info_nce, recall_at_k, retrieval_labels
 from .packing import pack, plan_packing, prefix_lengths, unpack, worth_packing
 
@@ -430,18 +430,8 @@ class Fromage(nn.Module):
         metrics["logit_scale"] = self.logit_scale_exp.item()
         return FromageOutput(loss, cap_loss, ret_lm_loss, t2i, i2t, t, v, metrics)
 
-    # ------------------------------------------------------------------------------------------
-    # inference (implemented in generate.py)
-    def generate(self, prompt, **kwargs):
-        """Continue an interleaved prompt (list of str / PIL images / features); see
-        :func:`fromage_mini.generate.generate`."""
-        from .generate import generate
-        return generate(self, prompt, **kwargs)
-
-    def caption(self, images_or_features, max_new_tokens: int = 32):
-        """Greedy captions; see :func:`fromage_mini.generate.caption`."""
-        from .generate import caption
-        return caption(self, images_or_features, max_new_tokens=max_new_tokens)
+    # inference: ``generate`` and ``caption`` are added as methods by the package (fromage_mini/__init__.py
+    # calls ``infer.generate.attach``), so this file does not import the inference layer above it.
 
     # ------------------------------------------------------------------------------------------
     # checkpoints (implemented in checkpoint.py)

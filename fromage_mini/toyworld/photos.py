@@ -7,7 +7,7 @@ model does with an out-of-distribution image. Licences: scikit-image's photos ar
 (see its ``data/README``), matplotlib's sample is public domain, scikit-learn's two are CC-BY 2.0
 (attribution in scikit-learn's ``datasets/images/README.txt``).
 
-    from fromage_mini.photos import load_photos
+    from fromage_mini.toyworld.photos import load_photos
     for name, image, caption in load_photos():
         ...
 """
@@ -46,7 +46,7 @@ MATPLOTLIB_PHOTOS = (("grace_hopper.jpg", "a portrait of an older woman in a nav
 
 def _say(msg: str, quiet: bool) -> None:
     if not quiet:
-        print(f"fromage_mini.photos: {msg}", file=sys.stderr)
+        print(f"fromage_mini.toyworld.photos: {msg}", file=sys.stderr)
 
 
 def _rgb(array) -> Image.Image:

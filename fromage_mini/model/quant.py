@@ -4,7 +4,7 @@ Both leave the trained adapters in full precision: quantization only changes how
 weights are stored (the LM is run with bf16 compute), and checkpointing only changes which
 activations are kept for the backward pass through the frozen LM.
 
-    FromageConfig(lm="facebook/opt-6.7b", lm_dtype="nf4")   # model.py calls bnb_config("nf4")
+    FromageConfig(lm="facebook/opt-6.7b", lm_dtype="nf4")   # fromage.py calls bnb_config("nf4")
     enable_gradient_checkpointing(model)                      # before training
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import inspect
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .io import FromageError
+from ..errors import FromageError
 
 INSTALL = "pip install 'bitsandbytes>=0.46.1' 'accelerate>=1.1'"  # transformers 5 loads bnb through accelerate
 

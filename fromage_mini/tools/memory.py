@@ -1,6 +1,6 @@
 """How much GPU memory a FROMAGe run needs, estimated from configs (no weights loaded).
 
-    from fromage_mini.memory import plan_memory, memory_table
+    from fromage_mini.tools.memory import plan_memory, memory_table
     plan_memory("6.7b", "vit-l/14", lm_dtype="nf4", batch=180, mode="train")
     # {'lm_weights': 3.5, 'vision_weights': 0.0, 'adapters': 0.08, 'activations': ..., 'total': ...}
     print(memory_table())            # the README table, with measured values where we have them
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from .io import FromageError
+from ..errors import FromageError
 
 GIB = 2 ** 30
 OPT_SIZES = {  # hidden, layers, heads, ffn (vocabulary 50272, 2048 positions, as facebook/opt-*)
@@ -186,7 +186,7 @@ def plan_memory(lm, vision=None, *, lm_dtype: str = "bf16", batch: int = 32, mod
     seq_len: tokens in the captioning pass, k image tokens + the caption (default 24 + k); the
     retrieval pass has ``seq_len - k``.
     """
-    from .model import expected_adapter_count
+    from ..model.fromage import expected_adapter_count
 
     if mode not in ("train", "inference"):
         raise FromageError(f"mode must be 'train' or 'inference', got {mode!r}")
@@ -266,5 +266,5 @@ def memory_table(rows=None, vision: str = "vit-l/14", measured=MEASURED, **kw) -
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m fromage_mini.memory  -> the README table
+if __name__ == "__main__":  # python -m fromage_mini.tools.memory  -> the README table
     print(memory_table())

@@ -9,7 +9,8 @@ environment): ``world() == 1``, ``is_main()`` is true and ``barrier()`` returns 
 single-process trainer calls the same functions.
 
 The contrastive loss needs negatives from every rank: :func:`all_gather_with_grad` collects the
-(B_local, q) vectors into (B_global, q), and ``losses.info_nce`` uses it automatically (see its
+(B_local, q) vectors into (B_global, q), and ``losses.info_nce`` uses it automatically (it lives in
+``model/gather.py``, below the trainer, with the process-group queries it needs) (see its
 docstring for why the gathered gradient is scaled by the world size).
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from .io import FromageError
+from ..errors import FromageError
+from ..model.gather import active, all_gather_with_grad, rank, scale_grad, world  # noqa: F401 (re-exported)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,21 +58,6 @@ def shutdown() -> None:
     """Leave the process group (call once at the end of a distributed run)."""
     if active():
         dist.destroy_process_group()
-
-
-def active() -> bool:
-    """True when a process group with more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world() -> int:
-    """Number of ranks (1 when not distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    """This process's global rank (0 when not distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def local_rank() -> int:
@@ -153,39 +140,3 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device | None = None, **kw):
     kw.setdefault("find_unused_parameters", False)
     kw.setdefault("broadcast_buffers", False)
     return DDP(model, device_ids=ids, **kw)
-
-
-# ----------------------------------------------------------------------------------------------
-# collectives for the contrastive loss
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(B_local, ...) on every rank -> (B_global, ...) in rank order; only the local slot has grad.
-
-    As open_clip's ``ClipLoss(gather_with_grad=False, local_loss=False)``: a plain all-gather of
-    detached copies, then this rank's own tensor is put back at its slot so the autograd graph
-    runs through it (and only it). All ranks must pass the same shape. Identity when not
-    distributed.
-    """
-    if not active():
-        return x
-    parts = [torch.empty_like(x) for _ in range(world())]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank()] = x
-    return torch.cat(parts)
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; multiplies the incoming gradient by a constant in the backward."""
-
-    @staticmethod
-    def forward(ctx, x, factor: float):
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.factor, None
-
-
-def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """``x`` unchanged, but gradients flowing back through it are multiplied by ``factor``."""
-    return x if factor == 1 else _ScaleGrad.apply(x, factor)

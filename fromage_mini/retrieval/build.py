@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+from ..data.images import IMAGE_SUFFIXES
 
 
 def model_fingerprint(model) -> str:
     """Hash of what image vectors depend on: the vision tower, its preprocessing and the image head."""
-    from .data.cache import vision_fingerprint
+    from ..data.cache import vision_fingerprint
 
     h = hashlib.sha256(vision_fingerprint(model.vision, model.image_processor, model.config.vision).encode())
     for p in (model.image_head.weight, model.image_head.bias):
@@ -35,7 +35,7 @@ def _folder_samples(folder: Path, skip_log):
     """Images in a folder tree (sorted), as records with ``key`` = relative path and no caption."""
     from types import SimpleNamespace
 
-    from .data.readers import BadItem, decode_image
+    from ..data.readers import BadItem, decode_image
 
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         key = str(path.relative_to(folder))
@@ -68,9 +68,9 @@ def build_index(model, data: str, out, batch_size: int = 64, progress: bool = Tr
     """Encode every image of ``data`` with ``model`` and write a :class:`RetrievalIndex` to ``out``."""
     from tqdm.auto import tqdm
 
-    from .data.readers import SkipLog, open_reader
+    from ..data.readers import SkipLog, open_reader
+    from ..paths import resolve
     from .index import IndexWriter, RetrievalIndex
-    from .paths import resolve
 
     data = resolve(data)
     src = Path(data)
@@ -134,7 +134,7 @@ def register(sub):
 
 
 def _build(a) -> int:
-    from .evaluate import load_model
+    from ..model import load_model
 
     idx = build_index(load_model(a.model), a.data, a.out, a.batch_size)
     print(f"index with {len(idx)} images written to {a.out}")
@@ -142,8 +142,8 @@ def _build(a) -> int:
 
 
 def _search(a) -> int:
-    from .evaluate import load_model
-    from .scoring import text_vectors
+    from ..infer.scoring import text_vectors
+    from ..model import load_model
 
     model = load_model(a.model)
     idx = load_for(model, a.index)

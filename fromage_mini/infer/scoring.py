@@ -1,7 +1,7 @@
 """Scoring without generation: retrieval vectors and log-likelihoods of interleaved prompts.
 
-These are the building blocks of the evaluations (``evaluate.py``). A *prompt* is what
-:func:`fromage_mini.generate.build_inputs` takes: a ``str`` or a list of ``str`` / PIL images /
+These are the building blocks of the evaluations (``eval/benchmarks.py``). A *prompt* is what
+:func:`fromage_mini.infer.generate.build_inputs` takes: a ``str`` or a list of ``str`` / PIL images /
 tensors ((D,) features or (3, H, W) pixels) in any order.
 
 Batches are right-padded: with a causal LM the real tokens never attend to the padding after
@@ -13,9 +13,9 @@ import copy
 
 import torch
 
-from .backbones import kv_cache
+from ..errors import FromageError
+from ..model.backbones import kv_cache
 from .generate import IMAGE, PromptInputs, build_inputs, image_features, inference, pad_batch
-from .io import FromageError
 
 
 def _with_ret(model, inp: PromptInputs) -> PromptInputs:
@@ -39,7 +39,7 @@ def text_vectors(model, prompts, *, batch_size: int = 32, bos: str = "once") -> 
 
     Each prompt (a ``str`` or an interleaved list) gets [RET] appended if it does not already end
     with it; its vector is read from the hidden states at that final [RET] input position.
-    ``bos``: see :func:`~fromage_mini.generate.build_inputs`.
+    ``bos``: see :func:`~fromage_mini.infer.generate.build_inputs`.
     """
     prompts = _as_prompt_list(prompts)
     out = []

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .config import FromageConfig
-from .data.cache import FeatureCache, build_cache, vision_fingerprint
-from .io import FromageError, atomic_folder, read_json, write_json
-from .losses import recall_at_k
-from .presets import TrainConfig
+from ..config import FromageConfig
+from ..data.cache import FeatureCache, build_cache, vision_fingerprint
+from ..errors import FromageError
+from ..files import atomic_folder, read_json, write_json
+from ..model.losses import recall_at_k
+from ..presets import TrainConfig
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A6000": 155e12, "L40": 181e12, "4090": 165e12}
 
@@ -71,8 +72,8 @@ def autocast_for(device: torch.device, precision: str):
 
 def cached_split(model, spec: str, cache_root, split: str, log=print) -> FeatureCache:
     """Features for one split, computed on first use and reused afterwards."""
-    from .data.readers import SkipLog, open_reader
-    from .paths import resolve
+    from ..data.readers import SkipLog, open_reader
+    from ..paths import resolve
 
     if not spec:
         raise FromageError(f"no {split} data given (set {split}_data)")
@@ -128,7 +129,7 @@ def validate(model, cache: FeatureCache, cfg: TrainConfig) -> dict:
 
 def caption_quality(model, cache: FeatureCache, cfg: TrainConfig) -> dict:
     """Greedy captions for the first ``caption_eval`` images, scored against the references."""
-    from .generate import caption
+    from ..infer.generate import caption
 
     n = min(cfg.caption_eval, len(cache))
     feats = cache.features(range(n)).to(model.device)
@@ -137,7 +138,7 @@ def caption_quality(model, cache: FeatureCache, cfg: TrainConfig) -> dict:
         preds += caption(model, feats[i: i + cfg.val_batch_size])
     refs = cache.captions[:n]
     if cfg.caption_metric == "shapesworld":
-        from .toyworld.metrics import score_captions
+        from ..toyworld.metrics import score_captions
 
         out = score_captions(preds, cache.keys[:n], refs)
     else:
@@ -193,7 +194,7 @@ def resolve_pointer(out: Path, link: str) -> Path | None:
 def load_checkpoint(path: Path, model, opt) -> dict:
     from safetensors.torch import load_file
 
-    from .checkpoint import load_state, read_adapters
+    from ..model.checkpoint import load_state, read_adapters
 
     load_state(model, read_adapters(path / "adapters.safetensors"), str(path))
     tensors = load_file(str(path / "trainer_state.safetensors"))
@@ -239,7 +240,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     """Train the adapters; returns the final metrics (also written to ``out/metrics.json``)."""
     from tqdm.auto import tqdm
 
-    from . import Fromage
+    from ..model.fromage import Fromage
     from . import distributed as dist
 
     ddp = dist.init_from_env()  # launched by torchrun? (no-op otherwise)
@@ -437,8 +438,8 @@ def register(sub):
 
 
 def _cli(a) -> int:
-    from .convert import SMOLLM2_DIR, ensure_smollm2
-    from .presets import parse_value, resolve
+    from ..presets import parse_value, resolve
+    from ..tools.gguf import SMOLLM2_DIR, ensure_smollm2
 
     overrides = {}
     for kv in a.set:

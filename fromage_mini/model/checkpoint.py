@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .config import FromageConfig
-from .io import FromageError, atomic_write, read_json, write_json
+from ..config import FromageConfig
+from ..errors import FromageError
+from ..files import atomic_write, read_json, write_json
 
 WEIGHTS = "adapters.safetensors"
 CONFIG = "fromage_config.json"
@@ -64,7 +65,7 @@ def load_state(model, state: dict[str, torch.Tensor], source: str) -> None:
 
 def load_adapters(cls, folder, **overrides):
     """Build the model named by ``folder``'s config (with optional overrides) and load its tensors."""
-    from .paths import resolve
+    from ..paths import resolve
 
     folder = Path(resolve(str(folder)))
     if not folder.is_dir():

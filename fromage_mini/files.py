@@ -15,9 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-
-class FromageError(Exception):
-    """A user-facing error: the CLI prints its message as one line, without a traceback."""
+from .errors import FromageError
 
 
 @contextlib.contextmanager

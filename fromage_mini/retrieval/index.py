@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import FromageError, load_numpy, read_json, write_json
+from ..errors import FromageError
+from ..files import load_numpy, read_json, write_json
 
 FORMAT = "fromage-mini-index"
 FORMAT_VERSION = 1
@@ -242,7 +243,7 @@ class IndexWriter:
             self._meta.flush()
             os.fsync(self._meta.fileno())
             self._meta.close()
-            from . import __version__  # here: the package imports this module
+            from ..version import __version__
 
             write_json(self._tmp / INFO_FILE, {  # written last: a folder without it is no index
                 "format": FORMAT, "format_version": FORMAT_VERSION,

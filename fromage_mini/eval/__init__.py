@@ -1,0 +1,1 @@
+"""Evaluation protocols (pairs, VIST, VisDial)."""

@@ -1,0 +1,1 @@
+"""Inference: prompts, generation with the KV cache, scoring, chat."""

@@ -1,0 +1,1 @@
+"""The image index: build, save, memory-mapped load, exact top-k."""

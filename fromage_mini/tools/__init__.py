@@ -1,0 +1,1 @@
+"""Helpers around the model: memory planning, GGUF conversion."""

@@ -1,0 +1,1 @@
+"""Training the adapters: the loop, validation, schedule, distributed helpers."""
