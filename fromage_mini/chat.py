@@ -19,7 +19,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import FromageError
 from .infer.generate import GenerationResult, generate
 
 
@@ -57,21 +56,6 @@ class Dialogue:
     def reset(self) -> None:
         """Forget the conversation (the initial ``context`` stays)."""
         self.history = list(self.context)
-
-
-def load_index(path):
-    """Load a saved retrieval index folder with ``fromage_mini.retrieval.index``."""
-    try:
-        from .retrieval import index as index_module
-    except ImportError as e:
-        raise FromageError(f"retrieval needs fromage_mini.retrieval.index, which could not be imported ({e})") from None
-    if hasattr(index_module, "load_index"):
-        return index_module.load_index(path)
-    cls = getattr(index_module, "RetrievalIndex", None)
-    for name in ("load", "from_dir", "from_pretrained"):
-        if cls is not None and hasattr(cls, name):
-            return getattr(cls, name)(path)
-    raise FromageError("fromage_mini.retrieval.index has no loader (load_index or RetrievalIndex.load)")
 
 
 def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None, fetch_urls: bool = False,
@@ -114,9 +98,10 @@ def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None,
 def _run(args) -> int:
     from .data.images import load_image
     from .model import load_model
+    from .retrieval.build import load_for
 
     model = load_model(args.model, args.device)
-    index = load_index(args.index) if args.index else None
+    index = load_for(model, args.index) if args.index else None  # refuses an index built with another model
     chat = Dialogue(model, index, context=[load_image(p) for p in args.image],
                     max_new_tokens=args.max_new_tokens, ret_scale_factor=args.ret_scale_factor,
                     temperature=args.temperature, top_p=args.top_p, seed=args.seed,

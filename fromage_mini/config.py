@@ -1,7 +1,11 @@
-"""Configuration dataclasses.
+"""Configuration dataclasses, checked when they are made.
 
 ``FromageConfig`` names the two frozen backbones and describes the trained adapters. It is
 saved as JSON beside every checkpoint, so a checkpoint always knows which backbones it needs.
+``TrainConfig`` says how the adapters are trained. A bad value (``--set batch_size=0``,
+``lr=-1``, ``max_steps=abc``, ``precision=fp8``) fails at once, in one line naming the setting
+and what it accepts: :class:`ConfigError` is a :class:`~fromage_mini.errors.FromageError` (the CLI
+prints it without a traceback) and a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -9,6 +13,43 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import FromageError
+
+
+class ConfigError(FromageError, ValueError):
+    """A setting outside what it accepts."""
+
+
+# rule: (kind, check, what it accepts); kind "int" / "float" / "str"; None passes when allowed
+def _int(lo=None):
+    return ("int", lambda v: lo is None or v >= lo, "an integer" + (f" >= {lo}" if lo is not None else ""))
+
+
+def _float(lo=None, hi=None, lo_open=False, hi_open=False):
+    def ok(v):
+        return ((lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+                and math.isfinite(v))
+    lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+    hi_s = "" if hi is None else (f"< {hi}" if hi_open else f"<= {hi}")
+    return ("float", ok, "a number" + (" " + " and ".join(x for x in (lo_s, hi_s) if x) if lo_s or hi_s else ""))
+
+
+def _choice(*names):
+    return ("str", lambda v: v in names, "one of " + ", ".join(names))
+
+
+def _validate(cfg, rules: dict, optional: frozenset = frozenset()) -> None:
+    """Check every field named in ``rules``; raise :class:`ConfigError` on the first bad one."""
+    for name, (kind, ok, accepts) in rules.items():
+        v = getattr(cfg, name)
+        if v is None and name in optional:
+            continue
+        typed = (isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else \
+            (isinstance(v, (int, float)) and not isinstance(v, bool)) if kind == "float" else isinstance(v, str)
+        if not typed or not ok(v):
+            extra = " or none" if name in optional else ""
+            raise ConfigError(f"{name}={v!r}: must be {accepts}{extra}")
 
 
 @dataclass
@@ -66,13 +107,11 @@ class FromageConfig:
     lm_dtype: str = "auto"
 
     def __post_init__(self):
-        self.ret_layers = tuple(int(x) for x in self.ret_layers)
-        if self.image_layout not in ("before_bos", "after_bos"):
-            raise ValueError(f"image_layout must be 'before_bos' or 'after_bos', got {self.image_layout!r}")
-        if self.n_visual_tokens < 1:
-            raise ValueError("n_visual_tokens must be >= 1")
-        if self.max_len < 3:
-            raise ValueError("max_len must leave room for BOS, one word and [RET]")
+        if not isinstance(self.ret_layers, (tuple, list)) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in self.ret_layers) or not self.ret_layers:
+            raise ConfigError(f"ret_layers={self.ret_layers!r}: must be a non-empty tuple of layer numbers")
+        self.ret_layers = tuple(self.ret_layers)
+        _validate(self, _MODEL_RULES, frozenset({"ret_init_text", "max_logit_scale"}))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -91,4 +130,66 @@ class FromageConfig:
         return dataclasses.replace(self, **kw)
 
 
-__all__ = ["FromageConfig"]
+@dataclass
+class TrainConfig:
+    """How to train the adapters (defaults follow the original where it made sense)."""
+
+    train_data: str = ""  # TSV, folder of webdataset shards, imagefolder/parquet, or hf:NAME
+    val_data: str = ""
+    cache_dir: str = "cache:features"  # frozen-feature cache root (per vision fingerprint); see fromage_mini.paths
+    batch_size: int = 180
+    grad_accum: int = 1  # adds no contrastive negatives (a warning says so)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_decay: str = "none"  # after warm-up: "none" (constant, as the original) or "cosine" to 0 at max_steps
+    max_steps: int = 20_000
+    max_seconds: float | None = None  # stop early when training time (excl. caching) exceeds this
+    grad_clip: float = 1.0
+    val_every: int = 2000
+    val_batch_size: int = 256
+    caption_eval: int = 100  # greedy captions on this many validation images per validation
+    caption_metric: str = "token_f1"  # or "shapesworld" (object count and attribute binding)
+    log_every: int = 50
+    ckpt_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast on GPUs that support it, fp32 on CPU
+    center_heads: bool = False  # start the retrieval heads' outputs centred on the training data
+
+    def __post_init__(self):
+        if self.lr_decay is None:  # `--set lr_decay=none` arrives as None
+            self.lr_decay = "none"
+        self.betas = tuple(self.betas)
+        _validate(self, _TRAIN_RULES, frozenset({"max_seconds", "grad_clip"}))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+_MODEL_RULES = {
+    "lm": ("str", bool, "a hub name or a path"), "vision": ("str", bool, "a hub name or a path"),
+    "n_visual_tokens": _int(1), "ret_dim": _int(1),
+    "image_dropout": _float(0, 1, hi_open=True), "text_dropout": _float(0, 1, hi_open=True),
+    "cap_loss_weight": _float(0), "ret_loss_weight": _float(0), "concat_prob": _float(0, 1),
+    "image_layout": _choice("before_bos", "after_bos"), "ret_token": ("str", bool, "a non-empty token"),
+    "ret_init_text": ("str", bool, "a non-empty text"), "init_logit_scale": _float(),
+    "max_logit_scale": _float(0, lo_open=True),
+    "max_len": ("int", lambda v: v >= 3, "an integer >= 3 (room for BOS, one word and [RET])"),
+    "lm_dtype": _choice("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "int8", "nf4"),
+}
+_TRAIN_RULES = {
+    "batch_size": _int(1), "grad_accum": _int(1),
+    "lr": _float(0, lo_open=True), "eps": _float(0, lo_open=True),
+    "weight_decay": _float(0), "warmup_steps": _int(0), "lr_decay": _choice("none", "cosine"),
+    "max_steps": _int(1), "max_seconds": _float(0, lo_open=True), "grad_clip": _float(0),
+    "val_every": _int(1), "val_batch_size": _int(1),
+    "caption_eval": _int(0), "caption_metric": _choice("token_f1", "shapesworld"), "log_every": _int(1),
+    "ckpt_every": _int(1), "seed": _int(), "device": ("str", bool, "auto, cpu, cuda, cuda:N or mps"),
+    "precision": _choice("auto", "bf16", "fp32"),
+}
+
+
+__all__ = ["ConfigError", "FromageConfig", "TrainConfig"]

@@ -11,43 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import FromageConfig
+from .config import FromageConfig, TrainConfig
 
 SAMPLES = "data_samples"  # resolved by fromage_mini.paths.resolve from any working directory
 SMOLLM2 = "cache:backbones/smollm2-135m-instruct"  # written by `fromage-mini backbones smollm2`
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """How to train the adapters (defaults follow the original where it made sense)."""
-
-    train_data: str = ""  # TSV, folder of webdataset shards, imagefolder/parquet, or hf:NAME
-    val_data: str = ""
-    cache_dir: str = "cache:features"  # frozen-feature cache root (per vision fingerprint); see fromage_mini.paths
-    batch_size: int = 180
-    grad_accum: int = 1  # adds no contrastive negatives (a warning says so)
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    lr_decay: str = "none"  # after warm-up: "none" (constant, as the original) or "cosine" to 0 at max_steps
-    max_steps: int = 20_000
-    max_seconds: float | None = None  # stop early when training time (excl. caching) exceeds this
-    grad_clip: float = 1.0
-    val_every: int = 2000
-    val_batch_size: int = 256
-    caption_eval: int = 100  # greedy captions on this many validation images per validation
-    caption_metric: str = "token_f1"  # or "shapesworld" (object count and attribute binding)
-    log_every: int = 50
-    ckpt_every: int = 500
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # bf16 autocast on GPUs that support it, fp32 on CPU
-    center_heads: bool = False  # start the retrieval heads' outputs centred on the training data
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
 
 
 PRESETS: dict[str, tuple[dict, dict]] = {

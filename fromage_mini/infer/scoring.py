@@ -63,11 +63,8 @@ def image_vectors(model, images_or_features, *, batch_size: int = 64) -> torch.T
 
 def _window_logits(model, x, mask, start: int, n: int) -> torch.Tensor:
     """Logits (B, n, V') at positions start..start+n-1 only (the output head runs on those alone)."""
-    if hasattr(model, "lm_hidden") and hasattr(model, "logits_at"):
-        h = model.lm_hidden(x, mask).last_hidden_state[:, start: start + n]  # (B, n, d_out)
-        return model.logits_at(h).float()
-    logits, _ = model.lm_forward(x, mask)  # (B, T, V')
-    return logits[:, start: start + n].float()
+    h = model.lm_hidden(x, mask).last_hidden_state[:, start: start + n]  # (B, n, d_out)
+    return model.logits_at(h).float()
 
 
 @inference
@@ -85,7 +82,7 @@ def candidate_scores(model, context: PromptInputs, candidates: list[list[int]], 
     """
     if any(len(c) == 0 for c in candidates):
         raise FromageError("a candidate answer has no tokens")
-    if share_context and shift and hasattr(model, "lm_hidden") and hasattr(model, "logits_at"):
+    if share_context and shift:
         return _shared_context_scores(model, context, candidates, normalize, batch_size)
     C = len(context.ids)
     out = []

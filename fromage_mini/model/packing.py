@@ -30,7 +30,6 @@ class Packing:
     segment: torch.Tensor  # (R, C) which batch row the token came from (-1 = padding)
     row_of: torch.Tensor  # (B,) packed row of each batch row
     slot_of: torch.Tensor  # (B,) how many sequences precede it in its packed row
-    lengths: torch.Tensor  # (B,) n_i
     B: int
     T: int
 
@@ -80,7 +79,7 @@ def plan_packing(lengths: torch.Tensor, T: int) -> Packing:
             row_of[i], slot_of[i] = r, slot
             col += n[i]
     return Packing(src.to(device), (seg >= 0).to(device), pos.to(device), seg.to(device), row_of.to(device),
-                   slot_of.to(device), lengths.clone(), len(n), T)
+                   slot_of.to(device), len(n), T)
 
 
 def pack(x: torch.Tensor, p: Packing) -> torch.Tensor:

@@ -3,7 +3,7 @@
     from fromage_mini.tools.memory import plan_memory, memory_table
     plan_memory("6.7b", "vit-l/14", lm_dtype="nf4", batch=180, mode="train")
     # {'lm_weights': 3.5, 'vision_weights': 0.0, 'adapters': 0.08, 'activations': ..., 'total': ...}
-    print(memory_table())            # the README table, with measured values where we have them
+    print(memory_table(measured="benchmarks/results/memory_gpu.json"))   # the README table, measured rows beside
 
 Parameter counts come from building the model on PyTorch's ``meta`` device (exact for any
 architecture, instant, no weights). The rest is a model of what autograd keeps, written out
@@ -63,7 +63,6 @@ VISION_SIZES = {  # CLIP vision towers: hidden, layers, heads, ffn, image size, 
 _VISION_ALIASES = {"openai/clip-vit-base-patch32": "vit-b/32", "openai/clip-vit-large-patch14": "vit-l/14"}
 LM_DTYPES = ("fp32", "bf16", "int8", "nf4")
 NF4_BYTES = 0.5 + (1 + 4 / 256) / 64  # packed 4-bit + double-quantized absmax per 64-block
-MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "memory_gpu.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +233,7 @@ def default_rows() -> list[tuple[str, str, str, int]]:
             for mode in ("inference", "train") for b in (32, 180)]
 
 
-def load_measured(path=MEASURED) -> dict:
+def load_measured(path) -> dict:
     """Rows of ``bench_memory_gpu.py``'s JSON keyed by (lm, lm_dtype, mode, batch); {} if absent.
 
     Only rows with a measured total and without gradient checkpointing (the table's setting).
@@ -248,9 +247,10 @@ def load_measured(path=MEASURED) -> dict:
             if r.get("total_gib") is not None and not r.get("grad_checkpointing")}
 
 
-def memory_table(rows=None, vision: str = "vit-l/14", measured=MEASURED, **kw) -> str:
+def memory_table(rows=None, vision: str = "vit-l/14", measured=None, **kw) -> str:
     """The README's Markdown table: estimates per row, measured GPU peaks beside them where known.
 
+    ``measured``: the JSON ``benchmarks/bench_memory_gpu.py`` writes (none: estimates only).
     ``rows``: (LM size, lm_dtype, mode, batch) tuples (default :func:`default_rows`); ``kw`` goes to
     :func:`plan_memory`. Measured = peak memory PyTorch allocated + the CUDA context, in GiB.
     """
@@ -266,5 +266,7 @@ def memory_table(rows=None, vision: str = "vit-l/14", measured=MEASURED, **kw) -
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m fromage_mini.tools.memory  -> the README table
-    print(memory_table())
+if __name__ == "__main__":  # python -m fromage_mini.tools.memory [benchmarks/results/memory_gpu.json]
+    import sys
+
+    print(memory_table(measured=sys.argv[1] if len(sys.argv) > 1 else None))

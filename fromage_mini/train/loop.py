@@ -290,7 +290,6 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     if state["step"] == 0:
         writer.writerow(["step", "loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss", "t2i_R@1", "i2t_R@1",
                          "lr", "samples_per_s", "mfu"])
-    lr_at(cfg, cfg.warmup_steps)  # a bad lr_decay fails here, not after the warm-up
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step", disable=not main)
     t_last, n_since = time.time(), 0
