@@ -39,15 +39,20 @@ def _choice(*names):
     return ("str", lambda v: v in names, "one of " + ", ".join(names))
 
 
+_IS = {  # a bool is not a number here, though Python counts it as an int
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+}
+
+
 def _validate(cfg, rules: dict, optional: frozenset = frozenset()) -> None:
     """Check every field named in ``rules``; raise :class:`ConfigError` on the first bad one."""
     for name, (kind, ok, accepts) in rules.items():
         v = getattr(cfg, name)
         if v is None and name in optional:
             continue
-        typed = (isinstance(v, int) and not isinstance(v, bool)) if kind == "int" else \
-            (isinstance(v, (int, float)) and not isinstance(v, bool)) if kind == "float" else isinstance(v, str)
-        if not typed or not ok(v):
+        if not _IS[kind](v) or not ok(v):
             extra = " or none" if name in optional else ""
             raise ConfigError(f"{name}={v!r}: must be {accepts}{extra}")
 

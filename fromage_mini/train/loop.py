@@ -50,12 +50,9 @@ def lr_at(cfg, step: int) -> float:
     """Linear warm-up, then constant (the original) or a cosine down to 0 at ``max_steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    decay = cfg.lr_decay or "none"  # `--set lr_decay=none` arrives as None
-    if decay == "cosine":
+    if cfg.lr_decay == "cosine":  # TrainConfig has checked it is "none" or "cosine"
         frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-    if decay != "none":
-        raise FromageError(f"lr_decay must be 'none' or 'cosine', got {cfg.lr_decay!r}")
     return cfg.lr
 
 
