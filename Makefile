@@ -30,7 +30,7 @@ venv: $(STAMP)
 
 # the main job: train FROMAGe's adapters on the shipped ShapesWorld sample (CPU; the toy preset caps training at 90 s)
 demo: $(STAMP)
-	$(BIN)/fromage-mini train --preset toy --out $(OUT)
+	$(BIN)/fromage-mini train --preset toy --out $(OUT) --overwrite
 
 # unit tests and strict nbval of every notebook, in one pytest run (exit 5 = nothing ran = failure)
 test: $(STAMP)

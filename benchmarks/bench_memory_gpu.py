@@ -163,7 +163,7 @@ def measure_inference(model, B, dev, steps, context) -> dict:
 
     def step():
         with ac:
-            prefix = model.visual_embeds(model.encode_images(px))
+            prefix = model.visual_embeds(model.image_features(px))
             x, m, _ = model.caption_inputs(prefix, model.embed_tokens(ids), ids, mask)
             model.lm_forward(x, m, use_cache=True)
 

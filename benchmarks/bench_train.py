@@ -112,7 +112,7 @@ def main(argv=None):
         return step
 
     # captioning pass: forward + activation backward (2 + 2 per token per param); retrieval pass:
-    # forward only (its backward covers one position, see Fromage.retrieval_pass_fast)
+    # forward only (its backward covers one position, see model/fast_ret.py)
     our_flops = lm_flops_per_token(lm) * (2 * (mean_len + a.k) + mean_len)
     runners = {}
     if "ours" in modes:

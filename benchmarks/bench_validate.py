@@ -59,7 +59,7 @@ def _setup(a):
 
 
 def _child(a) -> dict:
-    from fromage_mini.train.loop import retrieval_vectors
+    from fromage_mini.train.validate import retrieval_vectors
 
     model, cache = _setup(a)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .infer.generate import GenerationResult, generate
+from .infer.generate import GenerationResult, add_generation_args, generate, generation_kwargs
 
 
 class Dialogue:
@@ -32,7 +32,7 @@ class Dialogue:
         index: a retrieval index (``search`` / ``metadata`` / ``len``) or None.
         context: items (text or images) placed before the first question.
         **generate_kwargs: passed to :func:`~fromage_mini.infer.generate.generate` each turn
-            (``max_new_tokens``, ``ret_scale_factor``, ``temperature``, ``top_p``, ``seed`` ...).
+            (``GENERATION_OPTIONS`` there lists the common ones).
     """
 
     def __init__(self, model, index=None, context=None, **generate_kwargs):
@@ -102,10 +102,7 @@ def _run(args) -> int:
 
     model = load_model(args.model, args.device)
     index = load_for(model, args.index) if args.index else None  # refuses an index built with another model
-    chat = Dialogue(model, index, context=[load_image(p) for p in args.image],
-                    max_new_tokens=args.max_new_tokens, ret_scale_factor=args.ret_scale_factor,
-                    temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                    max_retrievals=args.max_retrievals, images_per_ret=args.images_per_ret)
+    chat = Dialogue(model, index, context=[load_image(p) for p in args.image], **generation_kwargs(args))
     interactive = sys.stdin.isatty()
     pending, turn = None, 0
     while True:
@@ -140,13 +137,7 @@ def register(sub):
     p.add_argument("--image", action="append", default=[], help="image placed before the first question")
     p.add_argument("--out-dir", default="runs/chat", help="where retrieved images are copied")
     p.add_argument("--device", default="auto")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--ret-scale-factor", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-retrievals", type=int, default=1)
-    p.add_argument("--images-per-ret", type=int, default=1)
+    add_generation_args(p)
     p.add_argument("--fetch-urls", action="store_true",
                    help="download retrieved images known only by URL (off by default: no network unless asked)")
     p.set_defaults(func=_run)

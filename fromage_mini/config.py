@@ -174,6 +174,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# lm_dtype names -> torch dtype attribute (backbones.pick_dtype reads this table); plus "auto" and the
+# bitsandbytes quantisations
+LM_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+             "float16": "float16", "fp16": "float16"}
+QUANTIZED_DTYPES = ("int8", "nf4")
+
 _MODEL_RULES = {
     "lm": ("str", bool, "a hub name or a path"), "vision": ("str", bool, "a hub name or a path"),
     "n_visual_tokens": _int(1), "ret_dim": _int(1),
@@ -183,7 +189,7 @@ _MODEL_RULES = {
     "ret_init_text": ("str", bool, "a non-empty text"), "init_logit_scale": _float(),
     "max_logit_scale": _float(0, lo_open=True),
     "max_len": ("int", lambda v: v >= 3, "an integer >= 3 (room for BOS, one word and [RET])"),
-    "lm_dtype": _choice("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "int8", "nf4"),
+    "lm_dtype": _choice("auto", *LM_DTYPES, *QUANTIZED_DTYPES),
 }
 _TRAIN_RULES = {
     "batch_size": _int(1), "grad_accum": _int(1),

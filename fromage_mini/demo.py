@@ -13,6 +13,7 @@ def run(out: str | Path, steps: int = 60, seed: int = 0) -> dict:
     import torch
 
     from . import Fromage, FromageConfig
+    from .metrics import recall_at_k
     from .toyworld.tiny import TINY_TEXTS, make_tiny_lm, make_tiny_vision
 
     out = Path(out)
@@ -32,7 +33,7 @@ def run(out: str | Path, steps: int = 60, seed: int = 0) -> dict:
         if step % 20 == 0:
             print(f"step {step:3d}  loss {o.loss.item():.3f}  cap {o.cap_loss.item():.3f}  "
                   f"ret-lm {o.ret_lm_loss.item():.3f}  t2i {o.t2i_loss.item():.3f}  "
-                  f"i2t {o.i2t_loss.item():.3f}  in-batch t2i R@1 {o.metrics['t2i_R@1']:.2f}")
+                  f"i2t {o.i2t_loss.item():.3f}  in-batch t2i R@1 {recall_at_k(o.logits_per_text, (1,))['R@1']:.2f}")
         if step < steps:
             opt.zero_grad()
             o.loss.backward()

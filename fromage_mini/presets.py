@@ -65,6 +65,19 @@ def resolve(preset: str, overrides: dict | None = None) -> tuple[FromageConfig, 
     return FromageConfig(**m), TrainConfig(**t)
 
 
+def parse_overrides(pairs) -> dict:
+    """``["batch_size=32", "lr=1e-3"]`` (the CLI's ``--set``) -> ``{"batch_size": 32, "lr": 0.001}``."""
+    from .errors import FromageError
+
+    out = {}
+    for kv in pairs or ():
+        if "=" not in kv:
+            raise FromageError(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        out[k.strip().replace("-", "_")] = parse_value(v.strip())
+    return out
+
+
 def parse_value(text: str):
     """Command-line value -> Python value (ints, floats, bools, None, tuples, else str)."""
     import ast

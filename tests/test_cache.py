@@ -23,7 +23,7 @@ def test_cache_matches_live_features(make_model, tmp_path):
     m = make_model("opt", "clip")
     cache = build_cache(tmp_path / "c", samples(10), m, batch_size=4, shard_size=4, progress=False)
     assert len(cache) == 10 and len(cache.info["shards"]) == 3
-    live = m.encode_images(m.preprocess([s.image for s in samples(10)]))
+    live = m.image_features(m.preprocess([s.image for s in samples(10)]))
     torch.testing.assert_close(cache.all_features(), live.half().float())
     assert cache.captions[7] == "caption 7" and cache.keys[7] == "k7"
     assert cache.features([9, 0, 5]).shape == (3, m.vis_dim)
@@ -50,7 +50,7 @@ def test_cache_refuses_other_vision_model(make_model, tmp_path):
 
 def test_non_finite_features_are_skipped_and_counted(make_model, tmp_path, monkeypatch):
     m = make_model("opt", "clip")
-    real = m.encode_images
+    real = m.image_features
 
     def poisoned(px):
         f = real(px)
@@ -58,7 +58,7 @@ def test_non_finite_features_are_skipped_and_counted(make_model, tmp_path, monke
         f[1, 1] = float("inf")
         return f
 
-    monkeypatch.setattr(m, "encode_images", poisoned)
+    monkeypatch.setattr(m, "image_features", poisoned)
     cache = build_cache(tmp_path / "c", samples(6), m, batch_size=3, progress=False)
     assert len(cache) == 2 and cache.info["skips"]["non_finite_feature"] == 4
     assert torch.isfinite(cache.all_features()).all()

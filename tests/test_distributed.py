@@ -174,7 +174,7 @@ def _worker(work: Path) -> None:
             data = load_file(str(work / f"{name}.batch.safetensors"))
             idx = distributed.shard_indices(range(len(data["input_ids"])))
             out = net(data["input_ids"][idx], data["attention_mask"][idx], features=data["features"][idx],
-                      concat=False)
+                      concat=False, gather=True)  # InfoNCE over the global batch
             out.loss.backward()
             res |= results(out, model, name)
         save_file(res, str(work / f"rank{distributed.rank()}.safetensors"))

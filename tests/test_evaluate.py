@@ -29,26 +29,6 @@ def random_features(model, keys, seed=0):
 
 # ---------------------------------------------------------------------------------------------
 # metrics
-def test_target_ranks_and_rank_metrics():
-    scores = torch.tensor([[0.1, 0.5, 0.3], [0.9, 0.2, 0.9]])
-    assert ev.target_ranks(scores, torch.tensor([2, 0])).tolist() == [2, 1]  # a tie counts in its favour
-    m = ev.rank_metrics(torch.tensor([1, 3, 12]), ks=(1, 5, 10))
-    assert m["R@1"] == pytest.approx(1 / 3) and m["R@5"] == pytest.approx(2 / 3) and m["R@10"] == pytest.approx(2 / 3)
-    assert m["MRR"] == pytest.approx((1 + 1 / 3 + 1 / 12) / 3)
-    assert m["mean_rank"] == pytest.approx(16 / 3)
-
-
-def test_ndcg_by_hand():
-    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
-    rel = torch.tensor([[0.0, 1.0, 0.5, 0.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    # row 0: K=2; the two best-scored options (0, 2) have relevance 0, 0.5 -> 0.5/log2(3);
-    #        the ideal order has 1, 0.5 -> 1 + 0.5/log2(3). Row 1 is ideal (1.0). Row 2 has no relevant option.
-    row0 = (0.5 / math.log2(3)) / (1 + 0.5 / math.log2(3))
-    assert ev.ndcg(scores, rel) == pytest.approx((row0 + 1.0) / 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# readers
 def test_read_vist_groups_by_story_and_sorts_by_worker_order():
     stories, urls = ev.read_vist(FIXTURES / "vist_sis_tiny.json")
     assert [s.id for s in stories] == ["30", "31"]

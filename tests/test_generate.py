@@ -55,24 +55,25 @@ def words(model, text):
 def direct_vector(model, embeds):
     """Text vector at the last position of a hand-built (T, d) sequence."""
     _, out = model.lm_forward(embeds[None], torch.ones(1, len(embeds), dtype=torch.long))
-    return model.text_vectors(out.hidden_states, torch.tensor([len(embeds) - 1]))[0]
+    return model.vectors_at(out.hidden_states, torch.tensor([len(embeds) - 1]))[0]
 
 
 def force(monkeypatch, model, plan):
-    """Make the LM prefer ``plan[step]`` (a token id) at the given decoding steps."""
+    """Make the LM prefer ``plan[step]`` (a token id) at the given decoding steps (generation computes
+    the next token's logits with one ``logits_at`` call per step)."""
     calls = {"n": 0}
-    real = model.lm_forward
+    real = model.logits_at
 
     def patched(*a, **kw):
-        logits, out = real(*a, **kw)
+        logits = real(*a, **kw)
         step = calls["n"]
         calls["n"] += 1
         if step in plan:
             logits = logits.clone()
             logits[:, -1, plan[step]] += 1e4
-        return logits, out
+        return logits
 
-    monkeypatch.setattr(model, "lm_forward", patched)
+    monkeypatch.setattr(model, "logits_at", patched)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,8 +91,8 @@ def test_prompt_mixes_pil_pixels_and_features(models, layout):
     want = head + first + words(m, "Q: hi") + [IMAGE] * K * 2 + words(m, "A:") + [IMAGE] * K
     assert inp.ids.tolist() == want
     with torch.no_grad():
-        vis = m.visual_embeds(torch.stack([m.encode_images(m.preprocess([pil]))[0], f,
-                                           m.encode_images(px[None])[0]]))  # (3, K, d)
+        vis = m.visual_embeds(torch.stack([m.image_features(m.preprocess([pil]))[0], f,
+                                           m.image_features(px[None])[0]]))  # (3, K, d)
     spans = [i for i, t in enumerate(want) if t == IMAGE]
     torch.testing.assert_close(inp.embeds[spans], vis.reshape(-1, vis.shape[-1]))
 
@@ -423,3 +424,19 @@ def test_inference_turns_dropout_off_and_restores_the_mode(models):
                                    scoring.text_vectors(m, [[f[1], "b"]])[0])
     finally:
         m.eval()
+
+
+def test_chat_command_exposes_generate_options_with_generates_defaults():
+    import argparse
+    import inspect
+
+    from fromage_mini import chat
+    from fromage_mini.infer.generate import GENERATION_OPTIONS, generation_kwargs
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    chat.register(sub)
+    parser = sub.choices["chat"]
+    params = inspect.signature(generate).parameters
+    assert generation_kwargs(parser.parse_args(["--model", "m"])) == {n: params[n].default for n in GENERATION_OPTIONS}
+    got = generation_kwargs(parser.parse_args(["--model", "m", "--top-p", "0.5", "--max-new-tokens", "7"]))
+    assert got["top_p"] == 0.5 and got["max_new_tokens"] == 7

@@ -24,7 +24,7 @@ def test_build_search_and_fingerprint(make_model, tmp_path):
     assert all(p.endswith(".png") for p in paths)
     # searching with an image's own vector returns that image first
     with torch.no_grad():
-        v = m.image_vectors(m.encode_images(m.preprocess([Image.new("RGB", (40, 40), "blue")])))
+        v = m.encode_images(m.image_features(m.preprocess([Image.new("RGB", (40, 40), "blue")])))
     scores, ids = idx.search(v.numpy(), k=2)
     assert idx.metadata(int(ids[0, 0]))["path"].endswith("blue.png")
     # the same model loads it; another model (different image head) is refused with one clear line

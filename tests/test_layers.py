@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "fromage_mini"
 
 # lowest first; a module may import its own layer and the layers below
 LAYERS = [
-    {"errors", "files", "paths", "config", "presets", "version"},
+    {"errors", "files", "paths", "config", "presets", "version", "metrics"},
     {"data", "toyworld"},
     {"model"},
     {"infer"},

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fromage_mini.model.fromage import expected_adapter_count
+from fromage_mini.metrics import recall_at_k
 from fromage_mini.model.losses import IGNORE
 
 CAPTIONS = ["a small red circle at the top left.", "two cats sleep on a sofa in the sun.",
@@ -213,7 +214,7 @@ def test_training_drives_losses_down_and_model_emits_ret(make_model):
     last = m(**b)
     for name in ("cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss"):
         assert getattr(last, name) < getattr(first, name), name
-    assert last.metrics["t2i_R@1"] == 1.0
+    assert recall_at_k(last.logits_per_text, (1,))["R@1"] == 1.0
     # after a caption (retrieval mode, no image) the most likely next token is now [RET]
     m.eval()
     ids = m.tokenize(CAPTIONS[:2], add_ret=False)
@@ -263,3 +264,40 @@ def test_fast_retrieval_pass_equals_plain_pass(make_model, lm):
     torch.testing.assert_close(fo.text_vectors, po.text_vectors, rtol=1e-4, atol=1e-5)
     for n in pg:
         torch.testing.assert_close(fg[n], pg[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_one_text_encoder_for_training_and_inference(make_model):
+    """encode_text (validation, centring), scoring's prompt vectors and forward's t agree; encode_text
+    computes no logits."""
+    from fromage_mini.infer import scoring
+
+    m = make_model("opt", n_visual_tokens=2, concat_prob=0.0)
+    m.eval()
+    b = batch(m, n=2)
+    with torch.no_grad():
+        t_fwd = m(**b).text_vectors
+        calls = []
+        real = m.logits_at
+        m.logits_at = lambda h: calls.append(h.shape) or real(h)
+        t_enc = m.encode_text(b["input_ids"], b["attention_mask"])
+        del m.logits_at
+    assert calls == []  # no output head at all
+    torch.testing.assert_close(t_enc, t_fwd, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scoring.text_vectors(m, CAPTIONS[:2]), t_enc, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.encode_images(b["features"]), m(**b).image_vectors)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_forward_reads_nothing_back_to_the_host(make_model, monkeypatch, fast):
+    """No .item() in a training step (metrics are the trainer's job, on the steps it logs)."""
+    m = make_model("opt", n_visual_tokens=2, concat_prob=0.0, fast_ret_pass=fast)
+    m.train()
+    b = batch(m, n=2)
+
+    def no_item(self):
+        raise AssertionError("forward called .item()")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    out = m(**b, concat=False)
+    out.loss.backward()
+    assert out.logits_per_text.shape == (2, 2)

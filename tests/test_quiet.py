@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     model(**batch).loss.backward()
     model.eval()
     with torch.no_grad():
-        index = TensorIndex(model.image_vectors(model.encode_images(model.preprocess(images))),
+        index = TensorIndex(model.encode_images(model.image_features(model.preprocess(images))),
                             [{"caption": c} for c, _ in rows])
     print(model.caption(images[:2]))
     print(model.generate([images[0], "Q: what is this?\\nA:"], max_new_tokens=8).text)

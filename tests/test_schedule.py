@@ -5,7 +5,7 @@ import pytest
 
 from fromage_mini.errors import FromageError
 from fromage_mini.presets import TrainConfig
-from fromage_mini.train.loop import lr_at
+from fromage_mini.train.schedule import lr_at
 
 
 def test_constant_after_warmup_by_default():

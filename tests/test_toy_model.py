@@ -23,7 +23,7 @@ def val_index(toy):
     rows = [ln.split("\t") for ln in (ROOT / "val.tsv").read_text().splitlines()[1:101]]
     images = [Image.open(ROOT / path) for _, path in rows]
     with torch.no_grad():
-        v = toy.image_vectors(toy.encode_images(toy.preprocess(images)))
+        v = toy.encode_images(toy.image_features(toy.preprocess(images)))
     return TensorIndex(v, [{"caption": c, "path": p} for c, p in rows]), rows, images
 
 

@@ -122,7 +122,7 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
         if not imgs:
             return
         px = model.preprocess(imgs).to(device)
-        f = model.encode_images(px).cpu()
+        f = model.image_features(px).cpu()
         ok = torch.isfinite(f).all(dim=1)
         bad_feature += int((~ok).sum())
         feats.append(f[ok].half().numpy())
@@ -170,3 +170,28 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
     info["build_seconds"] = round(time.time() - t0, 2)
     write_json(folder / "index.json", info)
     return FeatureCache(folder)
+
+
+def cached_split(model, spec: str, cache_root, split: str, log=print) -> FeatureCache:
+    """Features for one split, computed on first use and reused afterwards."""
+    from .readers import SkipLog, open_reader
+    from ..paths import resolve
+
+    if not spec:
+        raise FromageError(f"no {split} data given (set {split}_data)")
+    spec = resolve(spec)
+    fp = vision_fingerprint(model.vision, model.image_processor, model.config.vision)
+    folder = Path(resolve(str(cache_root))) / fp / f"{split}-{_slug(spec)}"
+    if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
+        return FeatureCache(folder)
+    skips = SkipLog()
+    cache = build_cache(folder, open_reader(spec, skip_log=skips), model, skip_log=skips, progress=True)
+    if cache.info.get("skips"):
+        log(f"[{split}] skipped {sum(cache.info['skips'].values())} samples: {cache.info['skips']}")
+    return cache
+
+
+def _slug(spec: str) -> str:
+    import hashlib
+
+    return Path(spec.rstrip("/")).stem[:40] + "-" + hashlib.sha256(str(Path(spec).resolve()).encode()).hexdigest()[:8]

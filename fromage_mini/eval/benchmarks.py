@@ -39,7 +39,7 @@ from ..files import read_json, write_json
 from ..infer.generate import build_inputs, inference
 from ..infer.scoring import candidate_scores, image_vectors, log_likelihood, text_vectors
 from ..model import load_model
-from ..model.losses import recall_at_k
+from ..metrics import ndcg, rank_metrics, recall_at_k, target_ranks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def find_images(folder) -> dict[str, Path]:
 def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
                      batch_size: int = 32) -> dict[str, torch.Tensor]:
     """{id: PIL / path / (D,) feature / (3, H, W) pixels} -> {id: (D,) pooled feature}, in batches."""
-    from ..infer.generate import image_features
+    from ..infer.generate import to_features
 
     keys = list(images)
     out: dict[str, torch.Tensor] = {}
@@ -80,45 +80,9 @@ def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
             elif squash and not torch.is_tensor(im):
                 im = im.resize(SQUASH)
             items.append(im)
-        for k, f in zip(chunk, image_features(model, items)):
+        for k, f in zip(chunk, to_features(model, items)):
             out[k] = f
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics
-def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """scores (N, M), target (N,) column of the right answer -> (N,) 1-based ranks (ties count in its favour)."""
-    right = scores.gather(1, target.long()[:, None])  # (N, 1)
-    return (scores > right).sum(1) + 1
-
-
-def rank_metrics(ranks: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """1-based ranks -> R@k (fraction with rank <= k), MRR and mean rank."""
-    r = ranks.float()
-    out = {f"R@{k}": (r <= k).float().mean().item() for k in ks}
-    out["MRR"] = r.reciprocal().mean().item()
-    out["mean_rank"] = r.mean().item()
-    return out
-
-
-def ndcg(scores: torch.Tensor, relevance: torch.Tensor) -> float:
-    """VisDial NDCG (the challenge starter code's definition), averaged over rows.
-
-    For each row with K options of non-zero relevance: DCG of the K best-scored options,
-    Σ_j rel_j / log2(j + 2), divided by the DCG of the K most relevant ones. Rows with no relevant
-    option are skipped. scores, relevance: (N, M).
-    """
-    vals = []
-    for s, rel in zip(scores.float(), relevance.float()):
-        K = int((rel != 0).sum())
-        if K == 0:
-            continue
-        disc = torch.log2(torch.arange(K).float() + 2)
-        dcg = (rel[s.argsort(descending=True, stable=True)[:K]] / disc).sum()
-        best = (rel.sort(descending=True).values[:K] / disc).sum()
-        vals.append((dcg / best).item())
-    return sum(vals) / len(vals) if vals else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import FromageError
 from ..model.backbones import kv_cache
+from ..model.packing import right_pad
 
 IMAGE = -1  # placeholder id at visual-prefix positions in :class:`PromptInputs`
 
@@ -172,7 +173,7 @@ def _is_image(x) -> bool:
     return isinstance(x, Image.Image)
 
 
-def image_features(model, images) -> torch.Tensor:
+def to_features(model, images) -> torch.Tensor:
     """Images -> (N, D) pooled features.
 
     ``images``: a list of PIL images, (D,) feature tensors or (3, H, W) pixel tensors (mixed is
@@ -190,11 +191,11 @@ def image_features(model, images) -> torch.Tensor:
             raise FromageError(f"an image must be a PIL image, a (D,) feature or a (3, H, W) pixel tensor, "
                                f"got {type(im).__name__}{tuple(im.shape) if torch.is_tensor(im) else ''}")
     if pil:
-        feats = model.encode_images(model.preprocess([images[i] for i in pil]))  # (n, D)
+        feats = model.image_features(model.preprocess([images[i] for i in pil]))  # (n, D)
         for j, i in enumerate(pil):
             out[i] = feats[j].to(model.device)
     if pix:
-        feats = model.encode_images(torch.stack([images[i] for i in pix]))
+        feats = model.image_features(torch.stack([images[i] for i in pix]))
         for j, i in enumerate(pix):
             out[i] = feats[j].to(model.device)
     if not out:
@@ -224,9 +225,9 @@ def build_inputs(model, prompt, *, bos: str = "once") -> PromptInputs:
     dev = model.device
     is_text = [isinstance(p, str) for p in prompt]
     imgs = [p for p, t in zip(prompt, is_text) if not t]
-    visual = model.visual_embeds(image_features(model, imgs)) if imgs else None  # (n_img, k, d)
+    visual = model.visual_embeds(to_features(model, imgs)) if imgs else None  # (n_img, k, d)
 
-    after = model.config.image_layout == "after_bos"
+    after = model.bos_before_image  # the training layout rule (Fromage.bos_before_image)
     ids: list[torch.Tensor] = []
     if bos_id is not None and bos == "once" and after:
         ids.append(torch.tensor([bos_id]))
@@ -266,15 +267,8 @@ def build_inputs(model, prompt, *, bos: str = "once") -> PromptInputs:
 
 def pad_batch(inputs: list[PromptInputs]):
     """Right-pad built prompts: -> (embeds (B, T, d), attention_mask (B, T), lengths (B,))."""
-    lengths = torch.tensor([len(p.ids) for p in inputs])
-    T, d = int(lengths.max()), inputs[0].embeds.shape[-1]
-    ref = inputs[0].embeds
-    x = ref.new_zeros(len(inputs), T, d)
-    mask = torch.zeros(len(inputs), T, dtype=torch.long, device=ref.device)
-    for i, p in enumerate(inputs):
-        x[i, : len(p.ids)] = p.embeds
-        mask[i, : len(p.ids)] = 1
-    return x, mask, lengths
+    x, mask = right_pad([p.embeds for p in inputs])
+    return x, mask, torch.tensor([len(p.ids) for p in inputs])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,14 +390,14 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
     ret_id, eos = model.ret_id, model.tokenizer.eos_token_id
     T = len(inp.ids)
     dev = model.device
-    logits, out = model.lm_forward(inp.embeds[None], torch.ones(1, T, dtype=torch.long, device=dev),
-                                   use_cache=True)
+    out = model.lm_hidden(inp.embeds[None], torch.ones(1, T, dtype=torch.long, device=dev), use_cache=True)
+    logits = model.logits_at(out.last_hidden_state[:, -1:])  # (1, 1, V'): only the next token needs logits
     past = kv_cache(out)
     gen = torch.Generator(device=logits.device).manual_seed(seed) if seed is not None else None
     retrieve = _Retriever(index, max_retrievals, images_per_ret, exclude)
     result = GenerationResult(ret_token=model.config.ret_token)
     if int(inp.ids[-1]) == ret_id:
-        vec = model.text_vectors(out.hidden_states, torch.tensor([T - 1], device=dev))[0]
+        vec = model.vectors_at(out.hidden_states, torch.tensor([T - 1], device=dev))[0]
         result.parts.append(retrieve(vec))
         result.parts[-1].generated = False
 
@@ -411,8 +405,8 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
         nonlocal logits, out, past, T
         T += 1
         x = model.embed_tokens(torch.tensor([[token]], device=dev))  # (1, 1, d)
-        logits, out = model.lm_forward(x, torch.ones(1, T, dtype=torch.long, device=dev),
-                                       cache=past, use_cache=True)
+        out = model.lm_hidden(x, torch.ones(1, T, dtype=torch.long, device=dev), cache=past, use_cache=True)
+        logits = model.logits_at(out.last_hidden_state)  # (1, 1, V')
         past = kv_cache(out)
 
     segment: list[int] = []
@@ -433,7 +427,7 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
                 result.parts.append(TextPart(decode(segment)))
                 segment = []
             feed(token)  # the vector is read where [RET] is the input token
-            vec = model.text_vectors(out.hidden_states, torch.tensor([0], device=dev))[0]
+            vec = model.vectors_at(out.hidden_states, torch.tensor([0], device=dev))[0]
             result.parts.append(retrieve(vec))
             continue
         segment.append(token)
@@ -459,7 +453,7 @@ def caption(model, images_or_features, max_new_tokens: int = 32, batch_size: int
     decode together with one KV cache and no padding. [RET] is forbidden; a row stops at EOS or
     at the first '.' (kept) or newline (dropped).
     """
-    feats = image_features(model, images_or_features)  # (N, D)
+    feats = to_features(model, images_or_features)  # (N, D)
     captions: list[str] = []
     for s in range(0, feats.shape[0], batch_size):
         captions += _caption_batch(model, feats[s: s + batch_size], max_new_tokens)
@@ -468,15 +462,15 @@ def caption(model, images_or_features, max_new_tokens: int = 32, batch_size: int
 
 def _caption_batch(model, feats: torch.Tensor, max_new_tokens: int) -> list[str]:
     B, dev, tok = feats.shape[0], model.device, model.tokenizer
-    prefix = model.visual_embeds(feats)  # (B, k, d)
-    parts = [prefix]
-    if tok.bos_token_id is not None:
-        bos = model.embed_tokens(torch.full((B, 1), tok.bos_token_id, device=dev))  # (B, 1, d)
-        parts = [bos, prefix] if model.config.image_layout == "after_bos" else [prefix, bos]
+    # a caption of just BOS, laid out as in training: [img, </s>] or [</s>, img]
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    ids = torch.tensor([bos] * B, dtype=torch.long, device=dev).view(B, len(bos))
+    x, _, _ = model.caption_inputs(model.visual_embeds(feats), model.embed_tokens(ids), ids, torch.ones_like(ids))
     dtype = model.lm.get_input_embeddings().weight.dtype
-    x = torch.cat([p.to(dtype) for p in parts], 1)  # (B, k + 1, d)
+    x = x.to(dtype)  # (B, k + 1, d)
     T = x.shape[1]
-    logits, out = model.lm_forward(x, torch.ones(B, T, dtype=torch.long, device=dev), use_cache=True)
+    out = model.lm_hidden(x, torch.ones(B, T, dtype=torch.long, device=dev), use_cache=True)
+    logits = model.logits_at(out.last_hidden_state[:, -1:])  # (B, 1, V')
     rows: list[list[int]] = [[] for _ in range(B)]
     texts = [""] * B
     done = [False] * B
@@ -500,10 +494,36 @@ def _caption_batch(model, feats: torch.Tensor, max_new_tokens: int) -> list[str]
         if all(done) or step + 1 == max_new_tokens:
             break
         T += 1
-        logits, out = model.lm_forward(model.embed_tokens(nxt[:, None]),
-                                       torch.ones(B, T, dtype=torch.long, device=dev),
-                                       cache=kv_cache(out), use_cache=True)
+        out = model.lm_hidden(model.embed_tokens(nxt[:, None]), torch.ones(B, T, dtype=torch.long, device=dev),
+                              cache=kv_cache(out), use_cache=True)
+        logits = model.logits_at(out.last_hidden_state)  # (B, 1, V')
     return [t.strip() for t in texts]
+
+
+# the options a user sets from the command line (``chat``); defaults and meaning are generate()'s own
+GENERATION_OPTIONS = {
+    "max_new_tokens": (int, "at most this many tokens per answer"),
+    "temperature": (float, "0 = greedy; otherwise sample from softmax(logits / temperature)"),
+    "top_p": (float, "sample only from the nucleus of this probability"),
+    "ret_scale_factor": (float, "multiply the odds of [RET] against every other token by this"),
+    "max_retrievals": (int, "only the first this-many [RET]s search the index"),
+    "images_per_ret": (int, "images returned for each [RET]"),
+    "seed": (int, "seed for sampling (reproducible answers)"),
+}
+
+
+def add_generation_args(parser) -> None:
+    """Add ``--max-new-tokens`` ... (:data:`GENERATION_OPTIONS`) to an argparse parser, with generate()'s defaults."""
+    import inspect
+
+    defaults = inspect.signature(generate).parameters
+    for name, (kind, text) in GENERATION_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name].default, help=text)
+
+
+def generation_kwargs(args) -> dict:
+    """The :data:`GENERATION_OPTIONS` values of parsed arguments, as keyword arguments of generate()."""
+    return {name: getattr(args, name) for name in GENERATION_OPTIONS}
 
 
 def attach(cls) -> type:

@@ -15,7 +15,8 @@ import torch
 
 from ..errors import FromageError
 from ..model.backbones import kv_cache
-from .generate import IMAGE, PromptInputs, build_inputs, image_features, inference, pad_batch
+from ..model.packing import right_pad
+from .generate import IMAGE, PromptInputs, build_inputs, inference, pad_batch, to_features
 
 
 def _with_ret(model, inp: PromptInputs) -> PromptInputs:
@@ -46,8 +47,7 @@ def text_vectors(model, prompts, *, batch_size: int = 32, bos: str = "once") -> 
     for s in range(0, len(prompts), batch_size):
         inputs = [_with_ret(model, build_inputs(model, p, bos=bos)) for p in prompts[s: s + batch_size]]
         x, mask, lengths = pad_batch(inputs)  # (B, T, d), (B, T), (B,)
-        o = model.lm_hidden(x, mask)  # states only: a vector needs no logits
-        out.append(model.text_vectors(o.hidden_states, (lengths - 1).to(x.device)).float())
+        out.append(model.encode_embeds(x, mask, (lengths - 1).to(x.device)).float())
     return torch.cat(out) if out else torch.zeros(0, model.config.ret_dim)
 
 
@@ -56,7 +56,7 @@ def image_vectors(model, images_or_features, *, batch_size: int = 64) -> torch.T
     """Image retrieval vectors (N, q), unnormalised, from PIL images / (D,) features / (3, H, W) pixels."""
     items = list(images_or_features) if not torch.is_tensor(images_or_features) or \
         images_or_features.dim() in (2, 4) else [images_or_features]
-    out = [model.image_vectors(image_features(model, items[s: s + batch_size])).float()
+    out = [model.encode_images(to_features(model, items[s: s + batch_size])).float()
            for s in range(0, len(items), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, model.config.ret_dim)
 
@@ -103,12 +103,8 @@ def candidate_scores(model, context: PromptInputs, candidates: list[list[int]], 
 
 def _gather_scores(logp, chunk, normalize):
     """Sum (or mean) of each candidate's token log-probs from logp (B, n, V')."""
-    n = logp.shape[1]
-    targets = torch.zeros(len(chunk), n, dtype=torch.long, device=logp.device)
-    valid = torch.zeros(len(chunk), n, dtype=torch.bool, device=logp.device)
-    for i, c in enumerate(chunk):
-        targets[i, : len(c)] = torch.tensor(c)
-        valid[i, : len(c)] = True
+    targets, valid = right_pad([torch.tensor(c) for c in chunk])  # (B, n)
+    targets, valid = targets.to(logp.device), valid.bool().to(logp.device)
     lp = logp.gather(-1, targets[..., None])[..., 0].masked_fill(~valid, 0.0)  # (B, n)
     return lp.sum(1) / valid.sum(1) if normalize else lp.sum(1)
 
@@ -123,12 +119,8 @@ def _shared_context_scores(model, context: PromptInputs, candidates, normalize, 
     out = []
     for s in range(0, len(candidates), batch_size):
         chunk = candidates[s: s + batch_size]
-        B, n = len(chunk), max(len(c) for c in chunk)
-        ids = torch.zeros(B, n, dtype=torch.long)
-        cand_mask = torch.zeros(B, n, dtype=torch.long)
-        for i, c in enumerate(chunk):
-            ids[i, : len(c)], cand_mask[i, : len(c)] = torch.tensor(c), 1
-        ids, cand_mask = ids.to(dev), cand_mask.to(dev)
+        ids, cand_mask = (t.to(dev) for t in right_pad([torch.tensor(c) for c in chunk]))  # (B, n)
+        B, n = ids.shape
         cache = copy.deepcopy(kv_cache(ctx))
         cache.batch_repeat_interleave(B)
         mask = torch.cat([torch.ones(B, C, dtype=torch.long, device=dev), cand_mask], 1)  # (B, C + n)

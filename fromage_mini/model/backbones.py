@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import LM_DTYPES
 from ..errors import FromageError
 
 
@@ -38,11 +39,9 @@ def pick_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
         if dev.type == "cuda" and torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise FromageError(f"unknown dtype {name!r}; use one of auto, {', '.join(table)}")
-    return table[name]
+    if name not in LM_DTYPES:
+        raise FromageError(f"unknown dtype {name!r}; use one of auto, {', '.join(LM_DTYPES)}")
+    return getattr(torch, LM_DTYPES[name])
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -18,22 +18,25 @@ positions holding the [RET] id take ``ret_embedding``; the output logits get one
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import FromageConfig
+from ..config import QUANTIZED_DTYPES, FromageConfig
 from ..errors import FromageError
 from . import backbones
-from .losses import IGNORE, caption_labels, info_nce, recall_at_k, retrieval_labels
-from .packing import pack, plan_packing, prefix_lengths, unpack, worth_packing
+from .losses import IGNORE, caption_labels, fromage_loss, info_nce, next_token_ce, retrieval_labels
+from .packing import pack, plan_packing, prefix_lengths, right_pad, unpack, worth_packing
 
 
 @dataclass
 class FromageOutput:
-    """What one training forward returns (losses are scalars with grad; metrics are floats)."""
+    """What one training forward returns: losses (scalars with grad) and the batch's vectors.
+
+    Nothing here has been copied to the host: the trainer reads values (``.item()``) and computes
+    in-batch recall from ``logits_per_text`` only on the steps it logs.
+    """
 
     loss: torch.Tensor
     cap_loss: torch.Tensor
@@ -42,13 +45,15 @@ class FromageOutput:
     i2t_loss: torch.Tensor
     text_vectors: torch.Tensor  # (B, q), unnormalised
     image_vectors: torch.Tensor  # (B, q), unnormalised
-    metrics: dict = field(default_factory=dict)
+    logits_per_text: torch.Tensor  # (B, B) s · cos(t_i, v_j), the InfoNCE logits
 
 
 class Fromage(nn.Module):
     """The FROMAGe model. ``Fromage(config)`` loads the backbones the config names.
 
     Pre-built backbones may be passed instead (tests, meta-device parameter counting).
+    ``device``: where the model is put (and, for ``lm_dtype="auto"``, which dtype the LM loads in);
+    a bitsandbytes-quantised LM is placed on the GPU by its loader.
     """
 
     def __init__(self, config: FromageConfig, *, lm=None, tokenizer=None, vision=None,
@@ -57,7 +62,7 @@ class Fromage(nn.Module):
         self.config = config
         if lm is None:
             quant = None
-            if config.lm_dtype in ("int8", "nf4"):
+            if config.lm_dtype in QUANTIZED_DTYPES:
                 from .quant import bnb_config
                 quant, dtype = bnb_config(config.lm_dtype), torch.bfloat16
             else:
@@ -89,6 +94,13 @@ class Fromage(nn.Module):
         self.image_head = nn.Linear(self.vis_dim, q)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self._init_ret()
+        if not any(p.is_meta for p in self.parameters()):
+            for name, child in self.named_children():  # a quantised LM was placed by its loader
+                if not (name == "lm" and config.lm_dtype in QUANTIZED_DTYPES):
+                    child.to(device)
+            for p in (self.ret_embedding, self.ret_output, self.logit_scale):
+                if p is not None:
+                    p.data = p.data.to(device)
 
     # ------------------------------------------------------------------------------------------
     # setup helpers
@@ -152,14 +164,9 @@ class Fromage(nn.Module):
         head = [bos] if bos is not None else []
         tail = [self.ret_id] if add_ret else []
         words = self.tokenizer(list(captions), add_special_tokens=False).input_ids
-        rows = [head + w[: max_len - len(head) - len(tail)] + tail for w in words]
-        T = max(len(r) for r in rows)
+        rows = [torch.tensor(head + w[: max_len - len(head) - len(tail)] + tail, dtype=torch.long) for w in words]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = right_pad(rows, pad)
         return {"input_ids": ids, "attention_mask": mask}
 
     def preprocess(self, images) -> torch.Tensor:
@@ -167,9 +174,18 @@ class Fromage(nn.Module):
         images = [im.convert("RGB") for im in images]
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, D) pooled features from the frozen tower (no grad)."""
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) pooled features f from the frozen tower (no grad; what the cache stores)."""
         return backbones.pooled_features(self.vision, pixel_values)
+
+    @property
+    def bos_before_image(self) -> bool:
+        """The one layout rule: does BOS come before the visual prefix (``after_bos``, and the LM has a BOS)?
+
+        Training (:meth:`caption_inputs`) and every inference prompt (``infer.generate``) follow it.
+        """
+        has_bos = self.tokenizer is None or self.tokenizer.bos_token_id is not None
+        return has_bos and self.config.image_layout == "after_bos"
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, d) LM input embeddings, with [RET] spliced in from its own parameter."""
@@ -213,15 +229,6 @@ class Fromage(nn.Module):
         out = self.lm_hidden(inputs_embeds, attention_mask, position_ids, cache, use_cache)
         return self.logits_at(out.last_hidden_state), out
 
-    def next_token_loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token CE from final states h (B, T, d_out): position t predicts labels[t+1].
-
-        Only positions with a label go through the output head.
-        """
-        target = labels[:, 1:]
-        keep = target != IGNORE
-        return F.cross_entropy(self.logits_at(h[:, :-1][keep]), target[keep])
-
     def _splice_ret_logit(self, logits, ret_logit):
         V, r = logits.shape[-1], self.ret_id
         if r < V:  # the id points at an unused row of a padded matrix (OPT): overwrite that column
@@ -230,10 +237,11 @@ class Fromage(nn.Module):
         gap = logits.new_full((*logits.shape[:-1], r - V), float("-inf"))
         return torch.cat([logits, gap, ret_logit], dim=-1)
 
-    def text_vectors(self, hidden_states, positions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Sum over ``ret_layers`` of head_l(h_l at (``rows``, ``positions``)): (B, q), unnormalised.
+    def vectors_at(self, hidden_states, positions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Text vectors t = Σ over ``ret_layers`` of head_l(h_l at (``rows``, ``positions``)): (B, q), unnormalised.
 
-        ``rows`` defaults to 0..B-1 (one position per batch row).
+        ``hidden_states``: every layer's states from :meth:`lm_hidden`; ``rows`` defaults to
+        0..B-1 (one position per batch row). The counterpart of :meth:`logits_at`.
         """
         if rows is None:
             rows = torch.arange(positions.shape[0], device=positions.device)
@@ -243,9 +251,28 @@ class Fromage(nn.Module):
             t = t + head(h.to(head[0].weight.dtype))
         return t
 
-    def image_vectors(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, D) features -> (B, q) image vectors, unnormalised."""
+    # ------------------------------------------------------------------------------------------
+    # the two encoders of the retrieval space (every path - training, validation, scoring, the
+    # index - goes through these)
+    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
+        """Image vectors v = image_head(f): (B, D) pooled features -> (B, q), unnormalised.
+
+        ``features`` come from :meth:`image_features` (pixels) or the feature cache.
+        """
         return self.image_head(features.to(self.image_head.weight.dtype))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text vectors t: ``</s> caption [RET]`` ids (B, L) from :meth:`tokenize` -> (B, q), unnormalised.
+
+        Read from the hidden states at each row's last [RET]; no logits are computed.
+        """
+        return self.retrieval_pass(input_ids, attention_mask, with_loss=False)[1]
+
+    def encode_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      positions: torch.Tensor) -> torch.Tensor:
+        """Text vectors of already-embedded rows (B, T, d) (interleaved prompts), read at ``positions`` (B,)."""
+        out = self.lm_hidden(inputs_embeds, attention_mask)  # states only: a vector needs no logits
+        return self.vectors_at(out.hidden_states, positions)
 
     def ret_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Index of the last [RET] in each row (the retrieval state is read where [RET] is input)."""
@@ -267,16 +294,11 @@ class Fromage(nn.Module):
         labels = caption_labels(input_ids, attention_mask, self.ret_id)
         # [RET] carries no loss in captioning mode and nothing after it does: treat it as padding
         attention_mask = attention_mask.masked_fill(input_ids == self.ret_id, 0)
-        ones = attention_mask.new_ones(B, k)
-        no_labels = labels.new_full((B, k), IGNORE)
-        if self.config.image_layout == "before_bos":
-            x = torch.cat([prefix.to(tok.dtype), tok], 1)
-            mask = torch.cat([ones, attention_mask], 1)
-            labels = torch.cat([no_labels, labels], 1)
-        else:
-            x = torch.cat([tok[:, :1], prefix.to(tok.dtype), tok[:, 1:]], 1)
-            mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], 1)
-            labels = torch.cat([labels[:, :1].fill_(IGNORE), no_labels, labels[:, 1:]], 1)
+        j = int(self.bos_before_image)  # tokens before the image: BOS or nothing
+        labels[:, :j] = IGNORE  # a BOS before the image has no image to be predicted from
+        x = torch.cat([tok[:, :j], prefix.to(tok.dtype), tok[:, j:]], 1)
+        mask = torch.cat([attention_mask[:, :j], attention_mask.new_ones(B, k), attention_mask[:, j:]], 1)
+        labels = torch.cat([labels[:, :j], labels.new_full((B, k), IGNORE), labels[:, j:]], 1)
         return x, mask, labels
 
     def concat_pairs(self, x, mask, labels):
@@ -286,26 +308,22 @@ class Fromage(nn.Module):
         mode). Unlike the original, the second example's BOS is dropped, so the row reads like
         one text with two images in it. An odd last row stays on its own.
         """
-        k = self.config.n_visual_tokens
-        bos_at = k if self.config.image_layout == "before_bos" else 0  # where BOS sits in a row
+        has_bos = self.tokenizer is None or self.tokenizer.bos_token_id is not None
+        bos_at = 0 if self.bos_before_image else self.config.n_visual_tokens  # where BOS sits in a row
         keep = mask == 1
         xs, ls = [], []
         for i in range(0, x.shape[0] - 1, 2):
             a, b = keep[i].clone(), keep[i + 1].clone()
-            if self.tokenizer is None or self.tokenizer.bos_token_id is not None:
+            if has_bos:
                 b[bos_at] = False  # drop the second BOS
             xs.append(torch.cat([x[i][a], x[i + 1][b]]))
             ls.append(torch.cat([labels[i][a], labels[i + 1][b]]))
         if x.shape[0] % 2:
             xs.append(x[-1][keep[-1]])
             ls.append(labels[-1][keep[-1]])
-        T = max(len(r) for r in xs)
-        new_x = x.new_zeros(len(xs), T, x.shape[-1])
-        new_mask = mask.new_zeros(len(xs), T)
-        new_labels = labels.new_full((len(xs), T), IGNORE)
-        for i, (r, lab) in enumerate(zip(xs, ls)):
-            new_x[i, : len(r)], new_mask[i, : len(r)], new_labels[i, : len(r)] = r, 1, lab
-        return new_x, new_mask, new_labels
+        new_x, new_mask = right_pad(xs, 0)
+        new_labels, _ = right_pad(ls, IGNORE)
+        return new_x, new_mask.to(mask.dtype), new_labels
 
     def _packable(self, mask: torch.Tensor, shrink: int = 0) -> torch.Tensor | None:
         """Row lengths (minus ``shrink``) if packing is on, applies (right padding) and saves work."""
@@ -324,111 +342,57 @@ class Fromage(nn.Module):
         return unpack(out.last_hidden_state, p)
 
     # ------------------------------------------------------------------------------------------
-    # retrieval mode, the cheap way
-    def retrieval_pass_fast(self, input_ids, attention_mask):
-        """Retrieval-mode CE and text vectors with gradients only where they can be non-zero.
+    # retrieval mode
+    def retrieval_pass(self, input_ids, attention_mask, with_loss: bool = True):
+        """``</s> caption [RET]`` rows (B, L) -> (CE_ret or None, text vectors t (B, q)).
 
-        In ``</s> w_1..w_n [RET]`` every input but [RET] is a frozen embedding, and [RET] is last,
-        so under the causal mask no earlier state depends on a trained parameter. We run the
-        caption without gradients (keeping the KV cache), then [RET] alone with gradients. Rows
-        are left-aligned first so every [RET] sits in the last column. Same numbers as the plain
-        pass; the backward pass covers one position instead of L.
+        [RET] is a target of CE_ret (it teaches the LM to emit [RET]) and t is read where [RET] is
+        the input. With ``with_loss``, ``fast_ret_pass`` and a frozen LM the cheap pass of
+        :mod:`.fast_ret` gives the same numbers with a one-position backward; otherwise one plain
+        pass (without a loss, no logits are computed at all).
         """
-        B, L = input_ids.shape
-        n = self._packable(attention_mask, shrink=1)
-        if n is not None:
-            return self._retrieval_pass_packed(input_ids, n + 1)
-        n = attention_mask.sum(1)  # (B,) tokens incl. BOS and [RET]
-        src = torch.arange(L, device=input_ids.device) - (L - n).unsqueeze(1)  # left-align
-        valid = src >= 0
-        ids = torch.where(valid, input_ids.gather(1, src.clamp(min=0)), 0)
-        if not bool((ids[:, -1] == self.ret_id).all()):
-            raise FromageError("every retrieval-mode row must end with the [RET] token")
-        mask = valid.long()
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        with torch.no_grad():  # the caption: frozen inputs, frozen LM
-            ctx = self.lm_hidden(self.embed_tokens(ids[:, :-1]), mask[:, :-1], pos[:, :-1], use_cache=True)
-        ret_in = self.ret_embedding.expand(B, 1, -1)
-        last = self.lm_hidden(ret_in, mask, pos[:, -1:], cache=backbones.kv_cache(ctx), use_cache=True)
-        # caption positions' logits are frozen except the [RET] column h·ret_row (trained);
-        # position j predicts token j+1 ([RET] last); a padding position predicts nothing
-        keep = valid[:, :-1]
-        loss = F.cross_entropy(self.logits_at(ctx.last_hidden_state[keep]), ids[:, 1:][keep])
-        t = self.text_vectors(last.hidden_states, torch.zeros(B, dtype=torch.long, device=ids.device))
-        return loss, t
-
-    def _retrieval_pass_packed(self, input_ids, n):
-        """:meth:`retrieval_pass_fast` on packed rows: captions packed without [RET], then every
-        sequence's [RET] as one extra query per sequence, seeing only its own caption's cache."""
-        B, L = input_ids.shape
-        rows = torch.arange(B, device=input_ids.device)
-        if not bool((input_ids[rows, n - 1] == self.ret_id).all()):
-            raise FromageError("every retrieval-mode row must end with the [RET] token")
-        p = plan_packing(n - 1, L)  # the captions "</s> w_1..w_m", without [RET]
-        R, C = p.src.shape
-        with torch.no_grad():
-            ctx = self.lm_hidden(self.embed_tokens(pack(input_ids, p)), p.attention_mask(), p.position_ids,
-                                 use_cache=True)
-        # one [RET] query per sequence, in its packed row: slot q of row r
-        slot = p.slot_of
-        Q = int(slot.max()) + 1
-        q_seg = torch.full((R, Q), -1, dtype=torch.long, device=slot.device)
-        q_seg[p.row_of, slot] = rows
-        q_pos = torch.zeros(R, Q, dtype=torch.long, device=slot.device)
-        q_pos[p.row_of, slot] = n - 1
-        see_ctx = (q_seg[:, :, None] == p.segment[:, None, :]) & (q_seg[:, :, None] >= 0)  # (R, Q, C)
-        see_self = torch.eye(Q, dtype=torch.bool, device=slot.device).expand(R, Q, Q)
-        mask = torch.cat([see_ctx, see_self], 2)[:, None]  # (R, 1, Q, C+Q)
-        ret_in = self.ret_embedding.expand(R, Q, -1)
-        last = self.lm_hidden(ret_in, mask, q_pos, cache=backbones.kv_cache(ctx), use_cache=True)
-        # frozen caption logits except the [RET] column; position j predicts token j+1 ([RET] last)
-        targets = pack(torch.roll(input_ids, -1, 1), p)
-        loss = F.cross_entropy(self.logits_at(ctx.last_hidden_state[p.valid]), targets[p.valid])
-        t = self.text_vectors(last.hidden_states, slot, rows=p.row_of)
-        return loss, t
+        frozen = not any(p.requires_grad for p in self.lm.parameters())  # the cheap pass needs it
+        if with_loss and self.config.fast_ret_pass and frozen:
+            from .fast_ret import retrieval_pass_fast
+            return retrieval_pass_fast(self, input_ids, attention_mask)
+        out = self.lm_hidden(self.embed_tokens(input_ids), attention_mask)
+        loss = next_token_ce(out.last_hidden_state, retrieval_labels(input_ids, attention_mask),
+                             self.logits_at) if with_loss else None
+        return loss, self.vectors_at(out.hidden_states, self.ret_positions(input_ids))
 
     # ------------------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, features=None, pixel_values=None,
-                concat: bool | None = None) -> FromageOutput:
+                concat: bool | None = None, gather: bool = False) -> FromageOutput:
         """One training step's losses on a batch of (image, ``</s> caption [RET]``) pairs.
 
         input_ids, attention_mask: (B, L) from :meth:`tokenize`.
         features: (B, D) cached pooled features, or pixel_values: (B, 3, H, W).
         concat: apply the concatenated-captions trick (None: draw with ``concat_prob`` when training).
+        gather: InfoNCE over every rank's batch (the trainer sets it under data parallelism).
         """
         if features is None:
             if pixel_values is None:
                 raise FromageError("forward needs either features or pixel_values")
-            features = self.encode_images(pixel_values)
+            features = self.image_features(pixel_values)
         cfg = self.config
         if concat is None:
             concat = self.training and cfg.concat_prob > 0 and float(torch.rand(())) < cfg.concat_prob
 
-        tok = self.embed_tokens(input_ids)  # (B, L, d)
-        prefix = self.visual_embeds(features)  # (B, k, d)
-
         # 1) captioning mode: image prefix + caption, next-token CE on the caption (BOS included)
-        x, mask, labels = self.caption_inputs(prefix, tok, input_ids, attention_mask)
+        x, mask, labels = self.caption_inputs(self.visual_embeds(features), self.embed_tokens(input_ids),
+                                              input_ids, attention_mask)
         if concat and x.shape[0] > 1:
             x, mask, labels = self.concat_pairs(x, mask, labels)
-        cap_loss = self.next_token_loss(self.caption_states(x, mask), labels)
+        cap_loss = next_token_ce(self.caption_states(x, mask), labels, self.logits_at)
 
-        # 2) retrieval mode: "</s> caption [RET]" alone; [RET] is a target; its state gives t
-        # the cheap pass assumes a frozen LM; with any LM weight unfrozen it would drop their gradients
-        if cfg.fast_ret_pass and not any(p.requires_grad for p in self.lm.parameters()):
-            ret_lm_loss, t = self.retrieval_pass_fast(input_ids, attention_mask)
-        else:
-            out = self.lm_hidden(tok, attention_mask)
-            ret_lm_loss = self.next_token_loss(out.last_hidden_state, retrieval_labels(input_ids, attention_mask))
-            t = self.text_vectors(out.hidden_states, self.ret_positions(input_ids))  # (B, q)
-        v = self.image_vectors(features)  # (B, q)
-        t2i, i2t, scores = info_nce(t, v, self.logit_scale_exp)
+        # 2) retrieval mode: "</s> caption [RET]" alone; CE with [RET] as a target; t from its state
+        ret_lm_loss, t = self.retrieval_pass(input_ids, attention_mask)  # (), (B, q)
+        v = self.encode_images(features)  # (B, q)
 
-        loss = cfg.cap_loss_weight * cap_loss + cfg.ret_loss_weight * (ret_lm_loss + (t2i + i2t) / 2)
-        metrics = {f"t2i_{k}": val for k, val in recall_at_k(scores, (1, 5)).items()}
-        metrics |= {f"i2t_{k}": val for k, val in recall_at_k(scores.T, (1, 5)).items()}
-        metrics["logit_scale"] = self.logit_scale_exp.item()
-        return FromageOutput(loss, cap_loss, ret_lm_loss, t2i, i2t, t, v, metrics)
+        # 3) contrastive: InfoNCE both ways between t and v
+        t2i, i2t, logits_per_text = info_nce(t, v, self.logit_scale_exp, gather=gather)
+        loss = fromage_loss(cap_loss, ret_lm_loss, t2i, i2t, cfg.cap_loss_weight, cfg.ret_loss_weight)
+        return FromageOutput(loss, cap_loss, ret_lm_loss, t2i, i2t, t, v, logits_per_text)
 
     # inference: ``generate`` and ``caption`` are added as methods by the package (fromage_mini/__init__.py
     # calls ``infer.generate.attach``), so this file does not import the inference layer above it.

@@ -29,13 +29,29 @@ def retrieval_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
     return input_ids.masked_fill(attention_mask == 0, IGNORE)
 
 
-def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor, gather: bool | None = None):
+def next_token_ce(h: torch.Tensor, labels: torch.Tensor, head) -> torch.Tensor:
+    """Mean next-token CE from final LM states h (B, T, d_out): position t predicts labels[t+1].
+
+    ``head`` maps states (N, d_out) to logits (N, V') (``Fromage.logits_at``); only positions
+    with a label go through it, so no (B, T, V') tensor is ever built.
+    """
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    return F.cross_entropy(head(h[:, :-1][keep]), target[keep])
+
+
+def fromage_loss(cap_ce, ret_ce, t2i, i2t, w_cap: float = 1.0, w_ret: float = 1.0) -> torch.Tensor:
+    """L = w_cap · CE_cap + w_ret · (CE_ret + (L_t2i + L_i2t) / 2)."""
+    return w_cap * cap_ce + w_ret * (ret_ce + (t2i + i2t) / 2)
+
+
+def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor, gather: bool = False):
     """Symmetric InfoNCE.
 
     text, image: (B, q) unnormalised vectors; scale: exp(logit_scale), a scalar.
     Returns (loss_t2i, loss_i2t, logits_per_text (B, B)).
 
-    Data parallel (``gather``; None = whenever ``torch.distributed`` runs with world W > 1): every
+    Data parallel (``gather=True``, passed by the trainer when it runs W > 1 ranks): every
     rank all-gathers the normalised vectors (``gather.all_gather_with_grad``: slot r holds
     rank r's shard, only the local slot carries grad), so B = B_global, the logits are the global
     (B_global, B_global) matrix, the targets are ``arange(B_global)`` and both losses are the
@@ -45,14 +61,11 @@ def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor, gathe
     the local vectors is multiplied by W (``gather.scale_grad``) before gathering: DDP's
     mean of W·(part r) is then the full gradient. The loss value itself is not scaled, and
     ``scale`` is applied after the gather: its gradient is already the full one on every rank
-    (scaling the loss by W instead would make logit_scale's gradient W times too large). Pass
-    ``gather=False`` for a rank-local evaluation (a gather with a missing rank would hang).
+    (scaling the loss by W instead would make logit_scale's gradient W times too large).
     """
     t = F.normalize(text.float(), dim=-1)
     v = F.normalize(image.float(), dim=-1)
-    if gather is None:
-        gather = gather_ops.active()
-    if gather:
+    if gather and gather_ops.active():
         w = gather_ops.world()
         t = gather_ops.all_gather_with_grad(gather_ops.scale_grad(t, w))
         v = gather_ops.all_gather_with_grad(gather_ops.scale_grad(v, w))
@@ -61,11 +74,3 @@ def info_nce(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor, gathe
     loss_t2i = F.cross_entropy(logits_per_text, target)
     loss_i2t = F.cross_entropy(logits_per_text.T, target)
     return loss_t2i, loss_i2t, logits_per_text
-
-
-@torch.no_grad()
-def recall_at_k(scores: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """scores (N, M) with the right answer for row i at column i -> {"R@k": fraction}."""
-    target = scores.diagonal().unsqueeze(1)
-    rank = (scores > target).sum(dim=1)  # how many candidates beat the right one
-    return {f"R@{k}": (rank < k).float().mean().item() for k in ks if k <= scores.shape[1]}

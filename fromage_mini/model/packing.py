@@ -109,3 +109,20 @@ def prefix_lengths(mask: torch.Tensor) -> torch.Tensor | None:
 def worth_packing(lengths: torch.Tensor) -> bool:
     """Pack only when it removes at least one row's worth of work (otherwise the mask costs for nothing)."""
     return int(lengths.sum()) <= (len(lengths) - 1) * int(lengths.max())
+
+
+def right_pad(rows, value=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths (each (n_i, ...), one dtype/device) -> (B, T, ...) and a (B, T) mask.
+
+    Row i fills positions 0..n_i-1; the rest hold ``value`` and mask 0. The one padding routine of
+    the package: token ids, embeddings, labels and candidate answers all go through it.
+    """
+    rows = [torch.as_tensor(r) for r in rows]
+    T = max(len(r) for r in rows)
+    ref = rows[0]
+    out = ref.new_full((len(rows), T, *ref.shape[1:]), value)
+    mask = torch.zeros(len(rows), T, dtype=torch.long, device=ref.device)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return out, mask

@@ -88,7 +88,7 @@ def build_index(model, data: str, out, batch_size: int = 64, progress: bool = Tr
 
         def flush():
             px = model.preprocess([s.image for s in batch]).to(model.device)
-            v = model.image_vectors(model.encode_images(px)).float().cpu().numpy()
+            v = model.encode_images(model.image_features(px)).float().cpu().numpy()
             ok = np.isfinite(v).all(axis=1)
             meta = [{"key": s.key, "path": getattr(s, "path", None) or paths.get(s.key), "caption": s.caption}
                     for s in batch]

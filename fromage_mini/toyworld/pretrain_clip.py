@@ -37,6 +37,7 @@ try:  # transformers 5: the PIL backend by name (no torchvision warning); it sav
 except ImportError:
     from transformers import CLIPImageProcessor
 
+from ..metrics import recall_at_k
 from .captions import canonical_caption
 from .tokenizer import EOS_ID, PAD_ID
 from .world import CELLS, COLOURS, SHAPES, SIZES, jpeg_roundtrip, make_scene, render, variant
@@ -99,13 +100,8 @@ def retrieval_recalls(clip: CLIPModel, pixels: torch.Tensor, ids, mask, ks=(1, 5
     t = F.normalize(torch.cat([text_features(clip, ids[i:i + 256], mask[i:i + 256])
                                for i in range(0, len(ids), 256)]), dim=-1)
     sim = t @ v.T
-    target = torch.arange(len(sim))
-    out = {}
-    for name, s in (("t2i", sim), ("i2t", sim.T)):
-        rank = (s > s[target, target][:, None]).sum(1)      # how many beat the right one
-        for k in ks:
-            out[f"{name}_R@{k}"] = round((rank < k).float().mean().item(), 4)
-    return out
+    return {f"{name}_{k}": round(r, 4) for name, s in (("t2i", sim), ("i2t", sim.T))
+            for k, r in recall_at_k(s, ks).items()}
 
 
 def twin(scene: dict, rng: np.random.Generator) -> dict:

@@ -1,0 +1,58 @@
+"""The run folder: one run per folder, a clean log after an early interrupt, resume says what changed."""
+import csv
+
+import pytest
+
+from fromage_mini.errors import FromageError
+from fromage_mini.train.loop import train
+from fromage_mini.train.run_dir import RunDir
+from test_train import settings, tiny_data  # noqa: F401  (fixture)
+
+
+def quiet(*a):
+    pass
+
+
+def test_finished_run_folder_is_refused_then_overwritten(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path):  # noqa: F811
+    mcfg, tcfg = settings(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path, max_steps=4, val_every=4)
+    out = tmp_path / "run"
+    first = train(mcfg, tcfg, out, log=quiet)
+    best_before = (out / "best.json").read_text()
+    with pytest.raises(FromageError, match="already holds a run.*--resume.*--overwrite"):
+        train(mcfg, tcfg, out, log=quiet)
+    assert (out / "best.json").read_text() == best_before  # nothing was repointed
+    again = train(mcfg, tcfg, out, log=quiet, overwrite=True)
+    assert again["t2i"] == first["t2i"]  # same seed, a fresh run: same result
+    steps = [r["step"] for r in csv.DictReader(open(out / "log.csv"))]
+    assert steps == ["2", "4"]  # one header, the new run's rows only
+
+
+def test_resume_reports_changed_settings(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path):  # noqa: F811
+    mcfg, tcfg = settings(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path, max_steps=4, val_every=4)
+    out = tmp_path / "run"
+    train(mcfg, tcfg, out, log=quiet)
+    _, longer = settings(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path, max_steps=6, val_every=4)
+    lines = []
+    m = train(mcfg, longer, out, resume=True, log=lines.append)
+    assert m["steps"] == 6
+    assert any("changed settings: max_steps: 4 -> 6" in line for line in lines)
+    assert [r["step"] for r in csv.DictReader(open(out / "log.csv"))] == ["2", "4", "6"]
+
+
+def test_log_after_an_interrupt_before_the_first_checkpoint(tmp_path):
+    # a run killed before its first checkpoint left a header and rows; --resume starts at step 0
+    run = RunDir(tmp_path)
+    (tmp_path / "log.csv").write_text("step,loss\n2,1.0\n4,0.9\n")
+    run.open_log(0)
+    run.log_row(step=2, loss="0.8")
+    run.close()
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [(r["step"], r["loss"]) for r in rows] == [("2", "0.8")]  # no second header, no stale rows
+
+
+def test_resume_drops_rows_logged_after_the_last_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "log.csv").write_text("step,loss\n2,1.0\n4,0.9\n6,0.8\n")
+    run.open_log(4)  # the checkpoint was at step 4; step 6 will be logged again
+    run.close()
+    assert [r["step"] for r in csv.DictReader(open(tmp_path / "log.csv"))] == ["2", "4"]
