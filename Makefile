@@ -13,6 +13,13 @@ export HF_DATASETS_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export NO_ALBUMENTATIONS_UPDATE = 1
 
+# The notebooks' stored outputs include models trained for a few hundred steps on the CPU; such runs
+# amplify last-bit differences between CPU kernels, so strict nbval would compare different numbers on
+# different processors. Pin the kernels (AVX2 code paths in ATen, MKL and oneDNN, which every
+# x86-64 CPU of the last decade runs) and the thread count wherever notebooks run. (On ARM these
+# settings do nothing; trained numbers there may differ in the last digits.)
+PINNED  := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+
 .PHONY: venv demo test test-latest lock notebooks lint bench clean
 
 LOCK    := requirements/course.lock
@@ -34,11 +41,11 @@ demo: $(STAMP)
 
 # unit tests and strict nbval of every notebook, in one pytest run (exit 5 = nothing ran = failure)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+	$(PINNED) $(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
 # re-execute every notebook in place (stores fresh outputs), printing each one's wall time
 notebooks: $(STAMP)
-	$(BIN)/python notebooks/run_all.py
+	$(PINNED) $(BIN)/python notebooks/run_all.py
 
 # The suite against the newest releases pyproject.toml allows (a second venv, no lock), so a coming
 # break shows up here before students meet it. torch is held at TORCH (default: the course's CPU
@@ -54,7 +61,7 @@ test-latest:
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt '.[dev,photos,cc3m]'
 	rm -rf build fromage_mini.egg-info
 	$(LATEST)/bin/pip freeze | grep -iE '^(torch|transformers|tokenizers|huggingface.hub|datasets|numpy|pillow|nbval|jupyterlab|ipywidgets|accelerate)==' | tee $(LATEST)/versions.txt
-	$(LATEST)/bin/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+	$(PINNED) $(LATEST)/bin/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
 # Regenerate the lock after changing dependencies in pyproject.toml (or to move the course to newer
 # releases on purpose): pip-tools resolves pyproject.toml + requirements/course.in, then

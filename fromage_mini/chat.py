@@ -7,7 +7,7 @@ Python::
     print(chat.ask("show me one in blue [RET]"))  # or let the model emit [RET] itself
 
 Command line (one question per line on stdin; ``/image PATH`` attaches an image to the next
-question, ``/reset`` starts over, ``/quit`` or end of input exits)::
+question, ``/reset`` starts over, ``/help`` lists the commands, ``/quit`` or end of input exits)::
 
     fromage-mini chat --model CKPT [--index DIR] [--image PATH]... [--out-dir DIR]
 
@@ -27,6 +27,11 @@ class Dialogue:
     its image, if any), the model answers up to the newline, and the answer plus ``"\\n"`` joins
     the history. A [RET] the model emits stays in the history as the [RET] token.
 
+    When the history no longer fits the LM's positions (with room for the answer), the oldest turns
+    are dropped, keeping the most recent image (the one being discussed); :attr:`notes` says so.
+    A question that cannot fit even alone raises :class:`~fromage_mini.errors.FromageError` and
+    leaves the conversation as it was.
+
     Args:
         model: a :class:`~fromage_mini.model.fromage.Fromage`.
         index: a retrieval index (``search`` / ``metadata`` / ``len``) or None.
@@ -39,23 +44,59 @@ class Dialogue:
         self.model, self.index = model, index
         self.context = list(context or [])
         self.generate_kwargs = {"stop": ("\n",)} | generate_kwargs
-        self.history: list = list(self.context)
+        self.turns: list[list] = []  # each: [image?, "Q: ...\nA:", "answer\n"]
+        self.notes: list[str] = []  # what the last ask() had to do to fit (dropped turns)
+
+    @property
+    def history(self) -> list:
+        """The prompt of the next turn: the context, then every kept turn."""
+        return self.context + [x for t in self.turns for x in t]
 
     def ask(self, text: str, image=None) -> GenerationResult:
         """Ask one question (optionally about ``image``: PIL, path or tensor); returns the answer."""
-        if image is not None:
-            if isinstance(image, (str, Path)):
-                from .data.images import load_image
-                image = load_image(image)
-            self.history.append(image)
-        self.history.append(f"Q: {text}\nA:")
-        result = generate(self.model, self.history, index=self.index, **self.generate_kwargs)
-        self.history.append(result.text + "\n")
+        if image is not None and isinstance(image, (str, Path)):
+            from .data.images import load_image
+            image = load_image(image)
+        turn = ([image] if image is not None else []) + [f"Q: {text}\nA:"]
+        self.notes = []
+        kept = list(self.turns)
+        self.turns.append(turn)
+        try:
+            self._fit()
+            result = generate(self.model, self.history, index=self.index, **self.generate_kwargs)
+        except Exception:
+            self.turns = kept  # a failed turn leaves the conversation as it was
+            raise
+        turn.append(result.text + "\n")
         return result
+
+    def _fit(self) -> None:
+        """Drop the oldest turns until the history leaves room for an answer."""
+        from .errors import FromageError
+        from .infer.generate import build_inputs
+
+        limit = self.model.max_positions
+        if limit is None:
+            return
+        room = min(self.generate_kwargs.get("max_new_tokens", 32), limit // 4)
+        dropped = 0
+        while len(build_inputs(self.model, self.history).ids) + room > limit:
+            if len(self.turns) == 1:
+                raise FromageError(f"this question does not fit the LM's {limit} positions with room for an "
+                                   "answer; ask a shorter one")
+            old = self.turns.pop(0)
+            images = [x for x in old if not isinstance(x, str)]
+            if images and not any(not isinstance(x, str) for t in self.turns for x in t):
+                self.turns[0].insert(0, images[-1])  # keep the image still being discussed
+            dropped += 1
+        if dropped:
+            self.notes.append(f"dropped the {dropped} oldest turn{'s' * (dropped > 1)} to fit the LM's "
+                              f"{limit} positions")
 
     def reset(self) -> None:
         """Forget the conversation (the initial ``context`` stays)."""
-        self.history = list(self.context)
+        self.turns = []
+        self.notes = []
 
 
 def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None, fetch_urls: bool = False,
@@ -95,8 +136,17 @@ def save_retrieved(result: GenerationResult, out_dir, turn: int, index_dir=None,
     return lines
 
 
+HELP = """commands:
+  /image PATH   attach an image to the next question
+  /reset        forget the conversation
+  /help         this list
+  /quit         leave (end of input does too)
+anything else is a question; end it with [RET] to ask for an image back"""
+
+
 def _run(args) -> int:
     from .data.images import load_image
+    from .errors import FromageError
     from .model import load_model
     from .retrieval.build import load_for
 
@@ -104,6 +154,9 @@ def _run(args) -> int:
     index = load_for(model, args.index) if args.index else None  # refuses an index built with another model
     chat = Dialogue(model, index, context=[load_image(p) for p in args.image], **generation_kwargs(args))
     interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"fromage-mini chat: {args.model}" + (f", retrieving from {args.index}" if index else ", no index")
+              + " - /help for commands", file=sys.stderr, flush=True)
     pending, turn = None, 0
     while True:
         if interactive:
@@ -114,17 +167,26 @@ def _run(args) -> int:
         line = line.strip()
         if not line:
             continue
-        if line.startswith("/image"):
-            pending = load_image(line[len("/image"):].strip())
-            print("(image attached to the next question)", flush=True)
+        try:
+            if line == "/help":
+                print(HELP, flush=True)
+                continue
+            if line.startswith("/image"):
+                pending = load_image(line[len("/image"):].strip())
+                print("(image attached to the next question)", flush=True)
+                continue
+            if line == "/reset":
+                chat.reset()
+                pending = None
+                print("(conversation reset)", flush=True)
+                continue
+            result = chat.ask(line, image=pending)
+        except FromageError as e:  # a bad path or an over-long question: say so, keep the session
+            print(f"error: {e}", flush=True)
             continue
-        if line == "/reset":
-            chat.reset()
-            pending = None
-            print("(conversation reset)", flush=True)
-            continue
-        result = chat.ask(line, image=pending)
         pending, turn = None, turn + 1
+        for note in chat.notes:
+            print(f"({note})", flush=True)
         print("A:" + result.text.rstrip(), flush=True)
         for out in save_retrieved(result, args.out_dir, turn, args.index, fetch_urls=args.fetch_urls):
             print(out, flush=True)
@@ -132,7 +194,7 @@ def _run(args) -> int:
 
 def register(sub):
     p = sub.add_parser("chat", help="talk with a trained model; images in and retrieved images out")
-    p.add_argument("--model", required=True, help="checkpoint folder written by save_pretrained")
+    p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or a training run folder")
     p.add_argument("--index", help="retrieval index folder (enables retrieval)")
     p.add_argument("--image", action="append", default=[], help="image placed before the first question")
     p.add_argument("--out-dir", default="runs/chat", help="where retrieved images are copied")

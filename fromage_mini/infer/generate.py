@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -265,6 +266,26 @@ def build_inputs(model, prompt, *, bos: str = "once") -> PromptInputs:
     return PromptInputs(embeds, torch.cat(ids).long())
 
 
+def fit_context(model, inp: PromptInputs, room: int = 0, what: str = "prompt") -> PromptInputs:
+    """Keep the newest part of a built prompt so that ``room`` more positions fit the LM.
+
+    A cut never splits an image's visual prefix (a partly cut image is dropped whole). Warns when
+    anything is dropped; returns ``inp`` itself when it fits.
+    """
+    limit = model.max_positions
+    if limit is None or len(inp.ids) + room <= limit:
+        return inp
+    keep = limit - room
+    if keep <= 0:
+        raise FromageError(f"the LM holds {limit} positions, too few for the {room} this {what} needs after it")
+    start = len(inp.ids) - keep
+    while start < len(inp.ids) and int(inp.ids[start]) == IMAGE and start > 0 and int(inp.ids[start - 1]) == IMAGE:
+        start += 1  # inside an image's prefix: drop the rest of that image too
+    warnings.warn(f"{what} of {len(inp.ids)} positions cut to its last {len(inp.ids) - start} "
+                  f"(the LM holds {limit})", stacklevel=3)
+    return PromptInputs(inp.embeds[start:], inp.ids[start:])
+
+
 def pad_batch(inputs: list[PromptInputs]):
     """Right-pad built prompts: -> (embeds (B, T, d), attention_mask (B, T), lengths (B,))."""
     x, mask = right_pad([p.embeds for p in inputs])
@@ -389,6 +410,12 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
     inp = build_inputs(model, prompt)
     ret_id, eos = model.ret_id, model.tokenizer.eos_token_id
     T = len(inp.ids)
+    limit = model.max_positions
+    if limit is not None and T >= limit:
+        raise FromageError(f"the prompt is {T} positions long but the LM holds {limit}; shorten it "
+                           "(Dialogue drops the oldest turns itself)")
+    if limit is not None:
+        max_new_tokens = min(max_new_tokens, limit - T)  # room for every generated token (and a [RET] after it)
     dev = model.device
     out = model.lm_hidden(inp.embeds[None], torch.ones(1, T, dtype=torch.long, device=dev), use_cache=True)
     logits = model.logits_at(out.last_hidden_state[:, -1:])  # (1, 1, V'): only the next token needs logits

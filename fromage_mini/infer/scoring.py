@@ -16,7 +16,7 @@ import torch
 from ..errors import FromageError
 from ..model.backbones import kv_cache
 from ..model.packing import right_pad
-from .generate import IMAGE, PromptInputs, build_inputs, inference, pad_batch, to_features
+from .generate import IMAGE, PromptInputs, build_inputs, fit_context, inference, pad_batch, to_features
 
 
 def _with_ret(model, inp: PromptInputs) -> PromptInputs:
@@ -45,7 +45,8 @@ def text_vectors(model, prompts, *, batch_size: int = 32, bos: str = "once") -> 
     prompts = _as_prompt_list(prompts)
     out = []
     for s in range(0, len(prompts), batch_size):
-        inputs = [_with_ret(model, build_inputs(model, p, bos=bos)) for p in prompts[s: s + batch_size]]
+        inputs = [_with_ret(model, fit_context(model, build_inputs(model, p, bos=bos), room=1, what="text"))
+                  for p in prompts[s: s + batch_size]]
         x, mask, lengths = pad_batch(inputs)  # (B, T, d), (B, T), (B,)
         out.append(model.encode_embeds(x, mask, (lengths - 1).to(x.device)).float())
     return torch.cat(out) if out else torch.zeros(0, model.config.ret_dim)
@@ -82,6 +83,7 @@ def candidate_scores(model, context: PromptInputs, candidates: list[list[int]], 
     """
     if any(len(c) == 0 for c in candidates):
         raise FromageError("a candidate answer has no tokens")
+    context = fit_context(model, context, room=max(len(c) for c in candidates), what="context")
     if share_context and shift:
         return _shared_context_scores(model, context, candidates, normalize, batch_size)
     C = len(context.ids)

@@ -1,11 +1,21 @@
 """The paper: adapters, [RET], the losses, and the backbones and checkpoints they need."""
+from pathlib import Path
+
 import torch
 
 
 def load_model(path, device: str = "auto"):
-    """A trained model from a ``save_pretrained`` folder, on ``device`` ("auto": CUDA if available), in eval mode."""
+    """A trained model on ``device`` ("auto": CUDA if available, else CPU), in eval mode.
+
+    ``path``: a ``save_pretrained`` folder, or a training run folder (its ``best.json`` names the
+    checkpoint to load).
+    """
+    from ..files import read_json
+    from .backbones import pick_device
     from .fromage import Fromage
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Fromage.from_pretrained(path, device=device).to(device).eval()
+    path = Path(path)
+    if (path / "best.json").exists() and not (path / "adapters.safetensors").exists():
+        path = path / read_json(path / "best.json")["checkpoint"]
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else pick_device(device)
+    return Fromage.from_pretrained(path, device=dev).to(dev).eval()

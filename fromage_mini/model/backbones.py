@@ -44,6 +44,26 @@ def pick_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
     return getattr(torch, LM_DTYPES[name])
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto": CUDA, then Apple MPS, then CPU; a named device must exist (one-line error otherwise)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise FromageError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise FromageError(f"device {name!r}: no such CUDA GPU here (torch sees {torch.cuda.device_count()}); "
+                           "use device=cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FromageError(f"device {name!r}: Apple MPS is not available here; use device=cpu or auto")
+    return dev
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """No gradients and eval mode (dropout off), as the original did for both backbones."""
     module.requires_grad_(False)

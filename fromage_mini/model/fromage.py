@@ -94,6 +94,10 @@ class Fromage(nn.Module):
         self.image_head = nn.Linear(self.vis_dim, q)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self._init_ret()
+        longest = (config.max_len + k) * (2 if config.concat_prob > 0 else 1)  # a training row (pairs when concatenated)
+        if self.max_positions is not None and longest > self.max_positions:
+            raise FromageError(f"max_len {config.max_len} + {k} visual tokens{' (x2: concat_prob > 0)' if config.concat_prob > 0 else ''}"
+                               f" = {longest} positions, more than the LM's {self.max_positions}; lower max_len")
         if not any(p.is_meta for p in self.parameters()):
             for name, child in self.named_children():  # a quantised LM was placed by its loader
                 if not (name == "lm" and config.lm_dtype in QUANTIZED_DTYPES):
@@ -145,6 +149,11 @@ class Fromage(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.logit_scale.device
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the LM can attend over (``max_position_embeddings``; None if unbounded)."""
+        return getattr(self.lm.config, "max_position_embeddings", None)
 
     @property
     def logit_scale_exp(self) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ..config import FromageConfig, TrainConfig
 from ..data.cache import FeatureCache, cached_split
 from ..errors import FromageError
 from ..files import write_json
+from ..model.backbones import pick_device
 from .run_dir import RunDir, load_checkpoint
 from .schedule import lr_at
 from .validate import in_batch_recall, validate
@@ -35,17 +36,6 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A6000": 155e12, "
 
 # ----------------------------------------------------------------------------------------------
 # devices and throughput
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def autocast_for(device: torch.device, precision: str):
     """bf16 autocast on bf16-capable CUDA (or when asked), otherwise a no-op context."""
     use_bf16 = precision == "bf16" or (
@@ -106,10 +96,10 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     # ---- setup: processes, device, model, run folder -----------------------------------------
     ddp = dist.init_from_env()  # launched by torchrun? (no-op otherwise)
     main = dist.is_main()
+    device = dist.local_device() if ddp else pick_device(cfg.device)
     run = RunDir(out, main)
     run.prepare({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, resume, overwrite, log)
     torch.manual_seed(cfg.seed)  # same seed on every rank: same adapters, same data order
-    device = dist.local_device() if ddp else pick_device(cfg.device)
     if cfg.batch_size % dist.world():
         raise FromageError(f"batch_size {cfg.batch_size} must divide by the {dist.world()} ranks")
     model = Fromage(model_cfg, device=device)

@@ -22,7 +22,7 @@ from ..files import atomic_folder, read_json, write_json
 
 LOG_FIELDS = ["step", "loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss", "t2i_R@1", "i2t_R@1",
               "lr", "samples_per_s", "mfu"]
-RUN_FILES = ("config.json", "log.csv", "checkpoints", "last.json", "best.json", "metrics.json")
+RUN_FILES = ("log.csv", "checkpoints", "last.json", "best.json", "metrics.json")  # a run started here
 
 
 class RunDir:
@@ -43,7 +43,7 @@ class RunDir:
             raise FromageError(f"cannot create the run folder {self.path}: {e.strerror or e}") from None
         held = [n for n in RUN_FILES if (self.path / n).exists()]
         if held and overwrite:
-            for n in held:
+            for n in held + [n for n in ("curves.png",) if (self.path / n).exists()]:
                 p = self.path / n
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         elif held and not resume:

@@ -1,0 +1,105 @@
+"""Inference inputs a newcomer throws at it: long chats, huge texts, long contexts, bad chat commands.
+
+Each case ends in a counted/said drop, a warning with the result still right, or one line (exit 2)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from fromage_mini.chat import Dialogue
+from fromage_mini.errors import FromageError
+from fromage_mini.infer import scoring
+from fromage_mini.infer.generate import build_inputs, fit_context, generate
+from fromage_mini.model import load_model
+
+TOY = "data_samples/toy_fromage"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from fromage_mini.paths import resolve
+    return load_model(resolve(TOY), device="cpu")
+
+
+def test_a_long_chat_drops_its_oldest_turns_and_keeps_the_image(toy):
+    img = Image.new("RGB", (64, 64), "red")
+    chat = Dialogue(toy, max_new_tokens=16)
+    chat.ask("what is in the picture? " * 3, image=img)
+    dropped = []
+    for i in range(14):  # ~40 positions a turn: the toy LM's 256 fill up after about six
+        chat.ask(f"and what about question number {i}, is it big or small or in the middle?")
+        dropped += chat.notes
+    assert dropped and "oldest turn" in dropped[0] and "256 positions" in dropped[0]
+    assert len(build_inputs(toy, chat.history).ids) <= toy.max_positions
+    assert chat.history[0] is img  # the image being discussed stays at the front
+
+
+def test_a_question_too_long_for_the_lm_is_refused_and_the_chat_goes_on(toy):
+    chat = Dialogue(toy, max_new_tokens=8)
+    first = chat.ask("what colour?")
+    with pytest.raises(FromageError, match="does not fit the LM's 256 positions"):
+        chat.ask("word " * 100_000)
+    assert chat.history[-1] == first.text + "\n"  # the failed turn left nothing behind
+    chat.ask("and the shape?")
+
+
+def test_generate_refuses_an_overlong_prompt_in_one_line(toy):
+    with pytest.raises(FromageError, match="prompt is .* positions long but the LM holds 256"):
+        generate(toy, "a red circle " * 200)
+
+
+def test_generation_stops_at_the_lm_s_last_position(toy):
+    prompt = "a small red circle at the top left." * 10
+    n = len(build_inputs(toy, prompt).ids)
+    out = generate(toy, prompt, max_new_tokens=500, stop=())
+    assert n + len(out.ids) <= toy.max_positions
+
+
+def test_a_huge_query_text_is_cut_with_a_warning(toy):
+    with pytest.warns(UserWarning, match="cut to its last"):
+        v = scoring.text_vectors(toy, ["a red circle " * 30_000])
+    assert v.shape == (1, toy.config.ret_dim) and torch.isfinite(v).all()
+
+
+def test_a_long_context_before_candidates_is_cut_with_a_warning(toy):
+    ctx = build_inputs(toy, "Q: what colour is it?\nA: red.\n" * 40)
+    assert len(ctx.ids) > toy.max_positions
+    with pytest.warns(UserWarning, match="context of"):
+        s = scoring.candidate_scores(toy, ctx, [[5, 6], [7]])
+    assert torch.isfinite(s).all()
+
+
+def test_fit_context_never_splits_an_image(toy):
+    f = torch.zeros(toy.vis_dim)
+    inp = build_inputs(toy, ["x " * 40, f, "y " * 220])
+    with pytest.warns(UserWarning):
+        cut = fit_context(toy, inp, room=1)
+    ids = cut.ids.tolist()
+    k = toy.config.n_visual_tokens
+    assert ids.count(-1) in (0, k)
+
+
+def test_max_len_beyond_the_lm_is_refused_when_the_model_is_made(make_model):
+    with pytest.raises(FromageError, match="more than the LM's 256"):
+        make_model("opt", max_len=300)
+
+
+def run_chat(lines, *extra):
+    return subprocess.run([sys.executable, "-m", "fromage_mini.cli", "chat", "--model", TOY, *extra],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120)
+
+
+def test_chat_keeps_the_session_after_a_bad_image_path_and_has_help():
+    r = run_chat(["/help", "/image no/such/file.png", "what is it?", "/quit"])
+    assert r.returncode == 0, r.stderr
+    assert "/image PATH" in r.stdout and "error: no/such/file.png: cannot read image" in r.stdout
+    assert r.stdout.count("A:") == 1  # the question after the bad path was still answered
+
+
+def test_chat_survives_a_decompression_bomb(tmp_path):
+    big = tmp_path / "bomb.png"
+    Image.new("1", (15000, 15000)).save(big)  # 225M pixels, over Pillow's bomb limit
+    r = run_chat([f"/image {big}", "what is it?"])
+    assert r.returncode == 0 and "cannot read image" in r.stdout and "A:" in r.stdout, r.stdout + r.stderr

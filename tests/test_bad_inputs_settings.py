@@ -1,0 +1,58 @@
+"""Settings a newcomer gets wrong on the command line: one line on stderr, exit code 2, nothing written."""
+import subprocess
+import sys
+
+import pytest
+
+TOY = "data_samples/toy_fromage"
+PAIRS = "data_samples/shapesworld/val.tsv"
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "fromage_mini.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(r, pattern):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert pattern in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("device=cuda", "no such CUDA GPU here"),
+    ("device=tpu9", "not a device name"),
+    ("batch_size=0", "batch_size"),
+    ("precision=fp8", "precision"),
+    ("max_len=0", "max_len"),
+])
+def test_bad_train_setting_is_one_line_and_writes_nothing(tmp_path, setting, says):
+    out = tmp_path / "run"
+    r = cli("train", "--preset", "toy", "--out", str(out), "--set", setting, "max_steps=1")
+    one_line_error(r, says)
+    assert not (out / "log.csv").exists() and not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--ks", "1,x"], "comma-separated positive integers"),
+    (["--ks", "0"], "comma-separated positive integers"),
+    (["--batch-size", "0"], "positive integer"),
+    (["--limit", "-3"], "positive integer"),
+])
+def test_bad_eval_option_is_one_line(args, says):
+    one_line_error(cli("eval", "--model", TOY, *args, "recall", "--pairs", PAIRS), says)
+
+
+def test_eval_device_that_is_not_here():
+    one_line_error(cli("eval", "--model", TOY, "--device", "cuda:3", "recall", "--pairs", PAIRS), "no such CUDA GPU")
+
+
+def test_model_option_accepts_a_training_run_folder(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(TOY, run / "checkpoints" / "step_000300")
+    (run / "best.json").write_text('{"checkpoint": "checkpoints/step_000300"}')
+    r = cli("eval", "--model", str(run), "--limit", "20", "recall", "--pairs", PAIRS)
+    assert r.returncode == 0, r.stderr
+    assert "t2i_R@1" in r.stdout
