@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from fromage_mini import Fromage  # noqa: E402
+from fromage_mini.data.cache import cached_split  # noqa: E402
 from fromage_mini.paths import DATA_SAMPLES  # noqa: E402
 from fromage_mini.toyworld import COLOURS, SHAPES, SIZES  # noqa: E402
 from fromage_mini.toyworld.corpus import summary  # noqa: E402
 from fromage_mini.toyworld.metrics import score_captions  # noqa: E402
-from fromage_mini.data.cache import cached_split  # noqa: E402
 
 
 def scenes(split):

@@ -43,7 +43,9 @@ _IS = {  # a bool is not a number here, though Python counts it as an int
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
 }
+_BOOL = ("bool", lambda v: True, "true or false")
 
 
 def _validate(cfg, rules: dict, optional: frozenset = frozenset()) -> None:
@@ -65,7 +67,16 @@ class FromageConfig:
         lm: hub name or local path of any Hugging Face causal LM (OPT, GPT-2, Llama family, ...).
         vision: hub name or local path of a vision tower with one pooled vector per image
             (``CLIPVisionModel``, a full ``CLIPModel``, ``SiglipVisionModel``, ...).
-        n_visual_tokens: k, the number of LM input embeddings one image becomes.
+        n_visual_tokens: k, the number of LM input embeddings one image becomes (the pooled
+            prefix; the grid prefix always gives ``grid_size²``).
+        visual_prefix: where the k visual tokens come from. ``"pooled"`` (FROMAGe): one pooled
+            feature f through Linear(D -> k·d). ``"grid"`` (LLaVA's step): the tower's patch tokens
+            (CLS excluded) average-pooled to a ``grid_size`` × ``grid_size`` grid, one LM token per
+            cell, each through the ``projector``. The image retrieval head reads the pooled f in both.
+        grid_size: g, cells per side of the grid prefix.
+        grid_layer: the tower layer whose patch tokens are pooled (-1: the last layer's output).
+        projector: for the grid prefix, ``"linear"`` (D -> d per cell) or ``"mlp"`` (D -> d -> d with
+            a GELU between, as LLaVA-1.5); the pooled prefix is always FROMAGe's linear map.
         ret_dim: q, the size of the shared retrieval space.
         ret_layers: LM hidden-state layers whose [RET] states feed the text retrieval head
             (one linear head per layer, outputs summed; -1 = final layer after the final norm).
@@ -94,6 +105,10 @@ class FromageConfig:
     lm: str = "facebook/opt-125m"
     vision: str = "openai/clip-vit-base-patch32"
     n_visual_tokens: int = 1
+    visual_prefix: str = "pooled"
+    grid_size: int = 3
+    grid_layer: int = -1
+    projector: str = "linear"
     ret_dim: int = 256
     ret_layers: tuple[int, ...] = (-1,)
     image_dropout: float = 0.0
@@ -117,6 +132,13 @@ class FromageConfig:
             raise ConfigError(f"ret_layers={self.ret_layers!r}: must be a non-empty tuple of layer numbers")
         self.ret_layers = tuple(self.ret_layers)
         _validate(self, _MODEL_RULES, frozenset({"ret_init_text", "max_logit_scale"}))
+        if self.visual_prefix == "grid":
+            self.n_visual_tokens = self.grid_size ** 2  # one LM token per cell
+
+    @property
+    def feature_shape(self) -> str:
+        """What one image's cached feature is: "pooled" (D,) or "pooled+grid<g>@<layer>" (1 + g², D)."""
+        return "pooled" if self.visual_prefix == "pooled" else f"pooled+grid{self.grid_size}@{self.grid_layer}"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -163,12 +185,15 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on GPUs that support it, fp32 on CPU
     center_heads: bool = False  # start the retrieval heads' outputs centred on the training data
+    ret_renorm: bool = False  # after every step rescale [RET]'s input row to the vocabulary's mean norm (original)
+    image_root: str | None = None  # folder a TSV's image paths are relative to (default: the TSV's folder)
+    allow_outside_root: bool = False  # read image paths leading outside that folder (.., absolute, symlinks)
 
     def __post_init__(self):
         if self.lr_decay is None:  # `--set lr_decay=none` arrives as None
             self.lr_decay = "none"
         self.betas = tuple(self.betas)
-        _validate(self, _TRAIN_RULES, frozenset({"max_seconds", "grad_clip"}))
+        _validate(self, _TRAIN_RULES, frozenset({"max_seconds", "grad_clip", "image_root"}))
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -183,6 +208,8 @@ QUANTIZED_DTYPES = ("int8", "nf4")
 _MODEL_RULES = {
     "lm": ("str", bool, "a hub name or a path"), "vision": ("str", bool, "a hub name or a path"),
     "n_visual_tokens": _int(1), "ret_dim": _int(1),
+    "visual_prefix": _choice("pooled", "grid"), "grid_size": _int(1), "grid_layer": _int(),
+    "projector": _choice("linear", "mlp"), "fast_ret_pass": _BOOL, "pack_sequences": _BOOL,
     "image_dropout": _float(0, 1, hi_open=True), "text_dropout": _float(0, 1, hi_open=True),
     "cap_loss_weight": _float(0), "ret_loss_weight": _float(0), "concat_prob": _float(0, 1),
     "image_layout": _choice("before_bos", "after_bos"), "ret_token": ("str", bool, "a non-empty token"),
@@ -199,7 +226,8 @@ _TRAIN_RULES = {
     "val_every": _int(1), "val_batch_size": _int(1),
     "caption_eval": _int(0), "caption_metric": _choice("token_f1", "shapesworld"), "log_every": _int(1),
     "ckpt_every": _int(1), "seed": _int(), "device": ("str", bool, "auto, cpu, cuda, cuda:N or mps"),
-    "precision": _choice("auto", "bf16", "fp32"),
+    "precision": _choice("auto", "bf16", "fp32"), "center_heads": _BOOL, "ret_renorm": _BOOL,
+    "image_root": ("str", bool, "a folder"), "allow_outside_root": _BOOL,
 }
 
 

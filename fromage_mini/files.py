@@ -43,6 +43,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     usual permissions and rename it to ``path``, replacing any folder there. On failure it is removed."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"  # a sibling: same filesystem, atomic rename
+    remove_stale_siblings(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -57,6 +58,46 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_siblings(path: str | os.PathLike, kind: str) -> None:
+    """Remove the hidden ``.<name>.<kind>-<pid>...`` siblings of ``path`` whose process is gone.
+
+    A build killed by SIGKILL cannot clean up its temporary folder; the next build calls this first.
+    Folders of a live process (any user's) are kept.
+    """
+    path = Path(path)
+    prefix = f".{path.name}.{kind}-"
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.iterdir():
+        pid = p.name[len(prefix):].split("-")[0]
+        if p.name.startswith(prefix) and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix" or pid == os.getpid():  # os.kill(pid, 0) is not a probe on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def os_errors(action: str, path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn an OSError raised in the block (permissions, a full disk, ...) into a one-line
+    :class:`FromageError` naming the path and the cause: ``PATH: cannot ACTION (Permission denied)``."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or path
+        prefix = f"{where}: " if where else ""
+        raise FromageError(f"{prefix}cannot {action} ({e.strerror or e})") from None
 
 
 def _umask() -> int:
@@ -78,7 +119,8 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.exists():
         raise FromageError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with os_errors("read it", path):
+            return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FromageError(f"{path}: not valid JSON ({e}); regenerate or fix the file") from None
 
@@ -99,6 +141,7 @@ def load_numpy(path: str | os.PathLike, mmap: bool = True):
     if not path.exists():
         raise FromageError(f"{path}: file not found")
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with os_errors("read it", path):
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:
         raise FromageError(f"{path}: not a plain .npy array ({e})") from None

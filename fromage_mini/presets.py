@@ -3,6 +3,7 @@
 | preset   | LM                          | vision                        | data                  | runs on       |
 |----------|-----------------------------|-------------------------------|-----------------------|---------------|
 | toy      | toy OPT (data_samples)      | toy CLIP (data_samples)       | ShapesWorld sample    | CPU, seconds  |
+| toy-grid | toy OPT, 3x3 grid prefix    | toy CLIP (patch tokens)       | ShapesWorld sample    | CPU, seconds  |
 | smollm2  | SmolLM2-135M-Instruct       | toy CLIP                      | ShapesWorld sample    | CPU, minutes  |
 | opt-125m | facebook/opt-125m           | openai/clip-vit-base-patch32  | CC3M sample (yours)   | laptop GPU    |
 | opt-6.7b | facebook/opt-6.7b           | openai/clip-vit-large-patch14 | full CC3M (yours)     | one GPU       |
@@ -21,6 +22,15 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     "toy": (
         dict(lm=f"{SAMPLES}/toy_lm", vision=f"{SAMPLES}/toy_clip", n_visual_tokens=8,
              image_layout="after_bos", ret_init_text=" summary", ret_dim=256, max_len=48, concat_prob=0.0),
+        dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
+             batch_size=128, lr=2e-3, warmup_steps=100, lr_decay="cosine", max_steps=300, max_seconds=100,
+             val_every=1000,
+             caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
+    ),
+    "toy-grid": (
+        dict(lm=f"{SAMPLES}/toy_lm", vision=f"{SAMPLES}/toy_clip", visual_prefix="grid", grid_size=3,
+             projector="mlp", image_layout="after_bos", ret_init_text=" summary", ret_dim=256, max_len=48,
+             concat_prob=0.0),
         dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
              batch_size=128, lr=2e-3, warmup_steps=100, lr_decay="cosine", max_steps=300, max_seconds=100,
              val_every=1000,

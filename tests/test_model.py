@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fromage_mini.model.fromage import expected_adapter_count
 from fromage_mini.metrics import recall_at_k
+from fromage_mini.model.fromage import expected_adapter_count
 from fromage_mini.model.losses import IGNORE
 
 CAPTIONS = ["a small red circle at the top left.", "two cats sleep on a sofa in the sun.",

@@ -2,11 +2,11 @@
 import csv
 
 import pytest
+from test_train import settings, tiny_data  # noqa: F401  (fixture)
 
 from fromage_mini.errors import FromageError
 from fromage_mini.train.loop import train
 from fromage_mini.train.run_dir import RunDir
-from test_train import settings, tiny_data  # noqa: F401  (fixture)
 
 
 def quiet(*a):
@@ -56,3 +56,20 @@ def test_resume_drops_rows_logged_after_the_last_checkpoint(tmp_path):
     run.open_log(4)  # the checkpoint was at step 4; step 6 will be logged again
     run.close()
     assert [r["step"] for r in csv.DictReader(open(tmp_path / "log.csv"))] == ["2", "4"]
+
+
+def test_training_reads_a_tsv_whose_images_live_in_another_folder(tiny_lm_path, tiny_vision_path, tiny_data,  # noqa: F811
+                                                                  tmp_path):
+    # the original FROMAGe layout: TSVs in one folder, the images in another
+    tsvs = tmp_path / "tsv"
+    tsvs.mkdir()
+    for src in tiny_data:
+        (tsvs / src.name).write_text(src.read_text())
+    images = tiny_data[0].parent
+    mcfg, tcfg = settings(tiny_lm_path, tiny_vision_path, (tsvs / "train.tsv", tsvs / "val.tsv"), tmp_path,
+                          max_steps=2, val_every=2)
+    with pytest.raises(FromageError, match="no usable samples"):
+        train(mcfg, tcfg, tmp_path / "a", log=quiet)
+    tcfg = tcfg.__class__(**{**tcfg.to_dict(), "image_root": str(images)})
+    m = train(mcfg, tcfg, tmp_path / "b", log=quiet)
+    assert m["steps"] == 2 and not m["skips"]["train"]

@@ -9,6 +9,8 @@ from .readers import (
     list_shards,
     open_reader,
     read_hf_dataset,
+    read_image_folder,
+    read_table,
     read_tsv,
     read_webdataset,
 )
@@ -23,6 +25,8 @@ __all__ = [
     "open_reader",
     "prepare_cc3m",
     "read_hf_dataset",
+    "read_image_folder",
+    "read_table",
     "read_tsv",
     "read_webdataset",
 ]

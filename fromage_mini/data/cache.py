@@ -15,6 +15,7 @@ file.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -22,9 +23,13 @@ import numpy as np
 import torch
 
 from ..errors import FromageError
-from ..files import load_numpy, read_json, save_numpy, write_json
+from ..files import load_numpy, os_errors, read_json, save_numpy, write_json
 
 FORMAT = 1
+
+
+class NoSamplesError(FromageError):
+    """A cache build found no usable sample; nothing was cached."""
 
 
 def vision_fingerprint(vision, image_processor, name: str = "") -> str:
@@ -42,6 +47,15 @@ def vision_fingerprint(vision, image_processor, name: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def feature_fingerprint(model) -> str:
+    """:func:`vision_fingerprint` of the model's tower plus what is cached per image (pooled, or
+    pooled + grid of a given size and layer), so a pooled cache is never read as a grid one."""
+    cfg = model.config
+    what = getattr(cfg, "feature_shape", "pooled")
+    name = cfg.vision if what == "pooled" else f"{cfg.vision}|{what}"
+    return vision_fingerprint(model.vision, model.image_processor, name)
+
+
 class FeatureCache:
     """Read access to a finished (or partial) cache: ``features[i]`` and ``captions[i]``."""
 
@@ -54,7 +68,7 @@ class FeatureCache:
         for s in self.info["shards"]:
             arr = load_numpy(self.folder / s["features"])
             meta = read_json(self.folder / s["meta"])
-            if arr.shape != (s["n"], self.info["dim"]) or len(meta["captions"]) != s["n"]:
+            if arr.shape != (s["n"], *self.shape) or len(meta["captions"]) != s["n"]:
                 raise FromageError(f"{self.folder / s['features']}: shape {arr.shape} does not match the index; "
                                    "delete the cache folder to rebuild it")
             self._feats.append(arr)
@@ -70,11 +84,16 @@ class FeatureCache:
     def dim(self) -> int:
         return int(self.info["dim"])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One row's feature shape: (D,) pooled, or (1 + g², D) pooled + grid cells."""
+        return tuple(self.info.get("shape", [self.dim]))
+
     def features(self, idx) -> torch.Tensor:
-        """Rows ``idx`` (ints) -> (n, D) float32 tensor, read from the memory-mapped shards."""
+        """Rows ``idx`` (ints) -> (n, *shape) float32 tensor, read from the memory-mapped shards."""
         idx = np.asarray(idx, dtype=np.int64)
         shard = np.searchsorted(self._starts, idx, side="right") - 1
-        out = np.empty((len(idx), self.dim), dtype=np.float32)
+        out = np.empty((len(idx), *self.shape), dtype=np.float32)
         for s in np.unique(shard):
             sel = shard == s
             out[sel] = self._feats[s][idx[sel] - self._starts[s]]
@@ -93,13 +112,16 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
     Resumable: shards already listed in ``folder/index.json`` are skipped (their samples are
     still read from ``samples`` to keep the order). A finished cache is returned as is.
     Features with NaN or inf (a broken image or tower) are skipped and counted, never stored.
+    A build that stored no row is never marked complete: ``folder`` is removed and
+    :class:`NoSamplesError` raised, so fixing the data and building again gives the right cache.
     """
     from tqdm.auto import tqdm
 
     folder = Path(folder)
-    fp = vision_fingerprint(model.vision, model.image_processor, model.config.vision)
+    fp = feature_fingerprint(model)
     info = {"format": FORMAT, "fingerprint": fp, "vision": model.config.vision, "dim": model.vis_dim,
-            "shards": [], "complete": False, "skips": {}}
+            "features": getattr(model.config, "feature_shape", "pooled"), "shards": [], "complete": False,
+            "skips": {}}
     if (folder / "index.json").exists():
         old = read_json(folder / "index.json")
         if old.get("fingerprint") != fp:
@@ -122,8 +144,9 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
         if not imgs:
             return
         px = model.preprocess(imgs).to(device)
-        f = model.image_features(px).cpu()
-        ok = torch.isfinite(f).all(dim=1)
+        f = model.image_features(px).cpu()  # (B, *shape)
+        info["shape"] = list(f.shape[1:])
+        ok = torch.isfinite(f.flatten(1)).all(dim=1)
         bad_feature += int((~ok).sum())
         feats.append(f[ok].half().numpy())
         for (k, c), good in zip(pending_meta, ok.tolist()):
@@ -164,6 +187,10 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
     skips = dict(summary["counts"])  # reason -> count, e.g. {"corrupt_image": 3}
     if bad_feature:
         skips["non_finite_feature"] = skips.get("non_finite_feature", 0) + bad_feature
+    if not info["shards"]:
+        shutil.rmtree(folder, ignore_errors=True)
+        why = ", ".join(f"{r}={n}" for r, n in sorted(skips.items())) or "the data has no rows"
+        raise NoSamplesError(f"no usable samples ({why}); nothing was cached")
     info["skips"] = skips
     info["skip_examples"] = summary.get("examples", {})
     info["complete"] = True
@@ -172,26 +199,36 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
     return FeatureCache(folder)
 
 
-def cached_split(model, spec: str, cache_root, split: str, log=print) -> FeatureCache:
-    """Features for one split, computed on first use and reused afterwards."""
-    from .readers import SkipLog, open_reader
+def cached_split(model, spec: str, cache_root, split: str, log=print, *,
+                 allow_outside_root: bool = False, image_root=None) -> FeatureCache:
+    """Features for one split, computed on first use and reused while the data is unchanged.
+
+    The cache folder is keyed on the vision fingerprint and on the data's content
+    (:func:`~fromage_mini.data.readers.source_fingerprint`: file bytes, sizes and mtimes, and those of
+    every image a TSV names), so an edited caption, an added row or a replaced image builds a new
+    cache. ``allow_outside_root`` and ``image_root`` (the folder a TSV's image paths are relative to;
+    default the TSV's own) go to the TSV reader. No usable sample, or a cache folder that
+    cannot be written, is a one-line :class:`FromageError`.
+    """
     from ..paths import resolve
+    from .readers import SkipLog, open_reader, source_fingerprint
 
     if not spec:
         raise FromageError(f"no {split} data given (set {split}_data)")
     spec = resolve(spec)
-    fp = vision_fingerprint(model.vision, model.image_processor, model.config.vision)
-    folder = Path(resolve(str(cache_root))) / fp / f"{split}-{_slug(spec)}"
-    if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
-        return FeatureCache(folder)
+    fp = feature_fingerprint(model)
+    data_key = source_fingerprint(spec, allow_outside_root=allow_outside_root, image_root=image_root)
+    folder = Path(resolve(str(cache_root))) / fp / f"{split}-{Path(spec.rstrip('/')).stem[:40]}-{data_key}"
     skips = SkipLog()
-    cache = build_cache(folder, open_reader(spec, skip_log=skips), model, skip_log=skips, progress=True)
+    with os_errors("build the feature cache"):
+        if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
+            return FeatureCache(folder)
+        extra = {"image_root": resolve(str(image_root))} if image_root else {}
+        samples = open_reader(spec, skip_log=skips, allow_outside_root=allow_outside_root, **extra)
+        try:
+            cache = build_cache(folder, samples, model, skip_log=skips, progress=True)
+        except NoSamplesError as e:
+            raise NoSamplesError(f"{spec}: {e}; fix the data and run again") from None
     if cache.info.get("skips"):
         log(f"[{split}] skipped {sum(cache.info['skips'].values())} samples: {cache.info['skips']}")
     return cache
-
-
-def _slug(spec: str) -> str:
-    import hashlib
-
-    return Path(spec.rstrip("/")).stem[:40] + "-" + hashlib.sha256(str(Path(spec).resolve()).encode()).hexdigest()[:8]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import FromageError
 from ..files import atomic_write
-from .readers import SkipLog
+from .readers import SkipLog, split_row
 
 INSTALL_HINT = "pip install img2dataset  (or: pip install 'fromage_mini[cc3m]')"
 SETTINGS_FILE = "prepare_cc3m.settings"  # JSON inside; not *.json, which img2dataset reads as shard stats
@@ -55,7 +55,7 @@ def _write_input(tsv: Path, dest: Path, sample: int | None, skip_log: SkipLog) -
         writer.writerow(["caption", "url"])
         for lineno, raw in enumerate(src, start=1):
             try:
-                fields = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n").split("\t")
+                fields = split_row(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
             except UnicodeDecodeError as e:
                 fields, error = None, str(e)
             if lineno == 1 and fields is not None:  # an optional header row names a 'url' column

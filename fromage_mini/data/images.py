@@ -17,5 +17,5 @@ def load_image(path, squash: bool = False):
         if squash:
             im = im.resize(SQUASH)
         return im.convert("RGB")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # the bomb check: > 178M pixels
         raise FromageError(f"{path}: cannot read image ({e})") from None

@@ -4,6 +4,7 @@ Every reader yields :class:`Sample` records (key, caption, RGB image) one at a t
 order, without loading the dataset into memory:
 
     read_tsv(path)                the original FROMAGe TSV (``caption<TAB>image`` header row)
+    read_image_folder(folder)     a plain folder of images (no captions), e.g. for a retrieval index
     read_webdataset(shards)       img2dataset-style ``.tar`` shards (``{key}.jpg`` + ``{key}.txt``)
     read_hf_dataset(name)         a Hugging Face ``datasets`` dataset (imagefolder, parquet, on disk, hub)
     open_reader(spec)             picks one of the above from a path or ``hf:NAME``
@@ -12,12 +13,16 @@ Bad data is **skipped and counted, never replaced**: the original FROMAGe loader
 returned a random other item, which hides broken data and changes what the model sees. Here each
 skipped item is recorded in a :class:`SkipLog` under one reason (see ``SKIP_REASONS``) and logged at
 DEBUG level. Mistakes in what the user asked for (a missing TSV, a missing header column, no shards
-found) raise :class:`~fromage_mini.files.FromageError` instead: those are errors, not bad items.
+found, an unreadable folder) raise :class:`~fromage_mini.errors.FromageError` instead: those are errors,
+not bad items. Every TSV/CSV row in the package is parsed by :func:`read_table`, and every image file
+named by the data is read by :func:`read_image_file`, which refuses paths leading outside the data
+folder unless the reader is given ``allow_outside_root=True``.
 """
 from __future__ import annotations
 
 import csv
 import glob as _glob
+import hashlib
 import io
 import logging
 import os
@@ -33,12 +38,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FromageError
-from .images import IMAGE_EXTENSIONS
+from ..files import os_errors
+from .images import IMAGE_EXTENSIONS, IMAGE_SUFFIXES
 
 log = logging.getLogger("fromage_mini.data")
 
 SKIP_REASONS = {
     "missing_file": "the image file named in the TSV does not exist",
+    "unreadable": "the image file or shard exists but cannot be read (permissions, I/O error)",
+    "outside_root": "the image path leads outside the data folder (.., an absolute path or a symlink); "
+                    "pass allow_outside_root=True to read it",
     "missing_image": "a shard or dataset record has a caption but no image",
     "empty_file": "the image file has zero bytes",
     "corrupt_image": "the bytes are not a decodable image (garbage, HTML page, broken data)",
@@ -50,6 +59,7 @@ SKIP_REASONS = {
     "malformed_row": "a TSV line does not have one field per header column",
     "truncated_shard": "a tar shard ends mid-file; what came before is kept",
     "corrupt_shard": "a tar shard cannot be read at all",
+    "non_finite_feature": "the model gave NaN or inf for the image (a broken image or tower)",
 }
 
 CAPTION_EXTENSIONS = ("txt", "caption")
@@ -60,12 +70,14 @@ class Sample:
     """One image–caption pair.
 
     key: a stable id, unique within the source (TSV data-row index counted from 0, webdataset
-    ``__key__``, or dataset row index); caption: stripped text; image: decoded, in RGB mode.
+    ``__key__``, or dataset row index); caption: stripped text; image: decoded, in RGB mode;
+    path: the image file's absolute path when it came from one (TSV, image folder), else None.
     """
 
     key: str
     caption: str
     image: Image.Image
+    path: str | None = None
 
 
 class SkipLog:
@@ -194,41 +206,76 @@ def _make(key: str, caption, load, skip_log: SkipLog, min_size: int) -> Sample |
         return None
 
 
-def _read_file(path: Path) -> bytes:
+def is_inside(path, root) -> bool:
+    """Whether ``path`` (``..`` and symlinks followed) lies inside the folder ``root``."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+def read_image_file(path, root=None) -> bytes:
+    """The bytes of an image file, or :class:`BadItem`: ``missing_file``, ``unreadable`` (permissions,
+    I/O error), or ``outside_root`` if ``root`` is given and ``path`` leads outside it (then the file is
+    not opened)."""
+    path = Path(path)
+    if root is not None and not is_inside(path, root):
+        raise BadItem("outside_root", f"{path} -> {path.resolve()}")
     try:
         return path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise BadItem("missing_file", str(path)) from None
+    except OSError as e:
+        raise BadItem("unreadable", f"{path}: {e.strerror or e}") from None
 
 
 # ------------------------------------------------------------------------------------------------
 # the original FROMAGe TSV
 
 
-def read_tsv(tsv_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-             skip_log: SkipLog | None = None, min_size: int = 1) -> Iterator[Sample]:
-    """Yield samples from a FROMAGe TSV: a header row naming ``caption`` and ``image`` columns
-    (others are ignored), then one tab-separated row per pair.
+def split_row(line: str, delimiter: str = "\t") -> list[str]:
+    """One decoded TSV/CSV line -> its fields. The one row parser: training, index build and eval.
 
-    Image paths are relative to ``image_root`` (default: the TSV's folder); absolute paths are used
-    as they are. A field wrapped in double quotes is unquoted (``"a 5"" disk"`` -> ``a 5" disk``), as
-    pandas, which the original used, reads it; a quote inside a field is kept. Keys are data-row
-    indices counted from 0 (file line = key + 2). Each line is decoded on its own, so one non-UTF-8 line is skipped as
-    ``non_utf8`` and the rest still read.
+    A row is always one line: a quote never joins lines or hides a delimiter, so a bad row cannot
+    shift the rows after it. TSV: split at every tab; a field wholly wrapped in double quotes is
+    unquoted (``"a 5"" disk"`` -> ``a 5" disk``, as pandas and ``csv.writer`` write it), any other
+    quote is a literal character. CSV: quoted as the csv module reads it, within the line. A CR inside
+    the line becomes a space. A CSV line the csv module rejects gives ``[]``.
     """
-    tsv_path = Path(tsv_path)
+    line = line.rstrip("\r\n").replace("\r", " ")
+    if delimiter == "\t":
+        return [_unquote(f) for f in line.split("\t")]
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:  # e.g. a field over csv.field_size_limit()
+        return []
+
+
+def _unquote(field: str) -> str:
+    if len(field) > 1 and field[0] == field[-1] == '"':
+        return field[1:-1].replace('""', '"')
+    return field
+
+
+def read_table(path, *, skip_log: SkipLog | None = None,
+               columns: tuple[str, ...] = ("caption", "image")) -> Iterator[tuple[str, dict[str, str]]]:
+    """Yield ``(key, {column: field})`` for each data row of a TSV (a ``.csv`` file: comma-separated)
+    whose header row names ``columns`` (other columns are kept too). Rows are split by :func:`split_row`.
+
+    Keys are data-row indices counted from 0 (file line = key + 2). Each line is decoded on its own, so a
+    non-UTF-8 line is skipped as ``non_utf8``; a line without one field per header column as
+    ``malformed_row``. A UTF-8 BOM before the header is ignored. A missing or unreadable file or a bad
+    header is a :class:`FromageError` now, not at the first ``next()``.
+    """
+    path = Path(path)
     skip_log = SkipLog() if skip_log is None else skip_log
-    if not tsv_path.is_file():
-        raise FromageError(f"{tsv_path}: TSV file not found; check the path")
-    with open(tsv_path, "rb") as f:
-        header = _tsv_header(tsv_path, f.readline())  # checked now, not at the first next()
-    root = Path(image_root) if image_root is not None else tsv_path.parent
-    return _iter_tsv(tsv_path, header, root, skip_log, min_size)
+    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+    if not path.is_file():
+        raise FromageError(f"{path}: {'CSV' if delimiter == ',' else 'TSV'} file not found; check the path")
+    with os_errors("read it"), open(path, "rb") as f:
+        header = _table_header(path, f.readline(), columns, delimiter)
+    return _iter_table(path, header, delimiter, skip_log)
 
 
-def _iter_tsv(tsv_path: Path, header: list[str], root: Path, skip_log: SkipLog, min_size: int):
-    n_cols, cap_col, img_col = len(header), header.index("caption"), header.index("image")
-    with open(tsv_path, "rb") as f:
+def _iter_table(path: Path, header: list[str], delimiter: str, skip_log: SkipLog):
+    with os_errors("read it"), open(path, "rb") as f:
         f.readline()
         for row, raw in enumerate(f):
             key = str(row)
@@ -237,28 +284,101 @@ def _iter_tsv(tsv_path: Path, header: list[str], root: Path, skip_log: SkipLog, 
             except UnicodeDecodeError as e:
                 skip_log.add("non_utf8", key, str(e))
                 continue
-            fields = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
-            if len(fields) != n_cols:
-                skip_log.add("malformed_row", key, f"{len(fields)} fields, header has {n_cols}")
+            fields = split_row(line, delimiter)
+            if len(fields) != len(header):
+                skip_log.add("malformed_row", key, f"{len(fields)} fields, header has {len(header)}")
                 continue
-            path = root / fields[img_col]
-            sample = _make(key, fields[cap_col], partial(_read_file, path), skip_log, min_size)
-            if sample is not None:
-                yield sample
+            yield key, dict(zip(header, fields))
 
 
-def _tsv_header(tsv_path: Path, raw: bytes) -> list[str]:
+def _table_header(path: Path, raw: bytes, columns: tuple[str, ...], delimiter: str) -> list[str]:
+    sep = "tab" if delimiter == "\t" else "comma"
+    want = " and ".join(repr(c) for c in columns)
     try:
-        header = raw.decode("utf-8-sig").rstrip("\r\n").split("\t")
+        header = [h.strip() for h in split_row(raw.decode("utf-8-sig"), delimiter)]
     except UnicodeDecodeError:
-        raise FromageError(f"{tsv_path}: the header row is not UTF-8 text; "
-                           "the first line must be 'caption<TAB>image'") from None
-    header = [h.strip() for h in header]
-    missing = [c for c in ("caption", "image") if c not in header]
+        raise FromageError(f"{path}: the header row is not UTF-8 text; "
+                           f"the first line must name {sep}-separated columns {want}") from None
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise FromageError(f"{tsv_path}: header row {header} lacks column(s) {missing}; "
-                           "the first line must name tab-separated columns 'caption' and 'image'")
+        raise FromageError(f"{path}: header row {header} lacks column(s) {missing}; "
+                           f"the first line must name {sep}-separated columns {want}")
     return header
+
+
+def read_tsv(tsv_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
+             skip_log: SkipLog | None = None, min_size: int = 1,
+             allow_outside_root: bool = False) -> Iterator[Sample]:
+    """Yield samples from a FROMAGe TSV: a header row naming ``caption`` and ``image`` columns
+    (others are ignored), then one tab-separated row per pair, parsed by :func:`read_table`.
+
+    Image paths are relative to ``image_root`` (default: the TSV's folder). A path that leads outside
+    that folder (``..``, an absolute path, a symlink to elsewhere) is skipped as ``outside_root``
+    unless ``allow_outside_root``. Keys are data-row indices counted from 0 (file line = key + 2).
+    """
+    tsv_path = Path(tsv_path)
+    skip_log = SkipLog() if skip_log is None else skip_log
+    rows = read_table(tsv_path, skip_log=skip_log)
+    root = Path(image_root) if image_root is not None else tsv_path.parent
+    return _iter_tsv(rows, root, skip_log, min_size, None if allow_outside_root else root)
+
+
+def _iter_tsv(rows, root: Path, skip_log: SkipLog, min_size: int, inside: Path | None):
+    for key, row in rows:
+        path = root / row["image"]
+        sample = _make(key, row["caption"], partial(read_image_file, path, inside), skip_log, min_size)
+        if sample is not None:
+            sample.path = str(path.resolve())
+            yield sample
+
+
+# ------------------------------------------------------------------------------------------------
+# a plain folder of images
+
+
+def _cannot_list(e: OSError):
+    raise FromageError(f"{e.filename}: cannot list this folder ({e.strerror or e})")
+
+
+def _check_listable(folder: Path) -> None:
+    try:
+        with os.scandir(folder):
+            pass
+    except OSError as e:
+        _cannot_list(e)
+
+
+def list_images(folder) -> list[Path]:
+    """The image files (a suffix of ``IMAGE_SUFFIXES``, any case) in a folder tree, sorted.
+
+    Symlinked sub-folders are not entered. A folder that cannot be listed is a :class:`FromageError`.
+    """
+    out = []
+    for d, _, files in os.walk(folder, onerror=_cannot_list):
+        out += [Path(d, f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(out)
+
+
+def read_image_folder(folder, *, skip_log: SkipLog | None = None, min_size: int = 1,
+                      allow_outside_root: bool = False) -> Iterator[Sample]:
+    """Yield the images of :func:`list_images` as samples with an empty caption, key = the path
+    relative to ``folder``. A file that leads outside the folder (a symlink to elsewhere) is skipped
+    as ``outside_root`` unless ``allow_outside_root``. The folder is listed now."""
+    folder = Path(folder)
+    skip_log = SkipLog() if skip_log is None else skip_log
+    paths = list_images(folder)
+    return _iter_folder(folder, paths, skip_log, min_size, None if allow_outside_root else folder)
+
+
+def _iter_folder(folder: Path, paths: list[Path], skip_log: SkipLog, min_size: int, inside: Path | None):
+    for path in paths:
+        key = str(path.relative_to(folder))
+        try:
+            image = decode_image(read_image_file(path, inside), min_size)
+        except BadItem as e:
+            skip_log.add(e.reason, key, str(e))
+            continue
+        yield Sample(key, "", image, str(path.resolve()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,6 +390,7 @@ def list_shards(shards: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     if isinstance(shards, (str, os.PathLike)):
         s = str(shards)
         if os.path.isdir(s):
+            _check_listable(Path(s))
             found = sorted(Path(s).glob("*.tar"))
             if not found:
                 raise FromageError(f"{s}: folder has no .tar shards; point at the img2dataset output folder")
@@ -324,7 +445,12 @@ def _shard_groups(path: Path, skip_log: SkipLog) -> Iterator[tuple[str, dict[str
     it cannot be known whether all its members arrived.
     """
     key, parts = None, {}
-    with open(path, "rb") as raw:
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        skip_log.add("unreadable", str(path), e.strerror or str(e))
+        return
+    with raw:
         try:
             with tarfile.open(fileobj=raw, mode="r|") as tf:
                 for member in tf:
@@ -437,7 +563,7 @@ def _hf_image_bytes(value) -> bytes:
         buf = io.BytesIO()
         value.save(buf, format="PNG")
         return buf.getvalue()
-    return _read_file(Path(value))
+    return read_image_file(value)
 
 
 def read_hf_dataset(name_or_path: str, split: str = "train", image_column: str | None = None,
@@ -479,12 +605,13 @@ def _iter_hf(ds, img_col: str, cap_col: str, skip_log: SkipLog, min_size: int):
 # one entry point
 
 
-def open_reader(spec, **kw) -> Iterator[Sample]:
+def open_reader(spec, *, allow_outside_root: bool = False, **kw) -> Iterator[Sample]:
     """Pick a reader from ``spec`` and return its iterator; ``kw`` goes to the reader.
 
     ``hf:NAME`` -> :func:`read_hf_dataset`; ``*.tsv`` -> :func:`read_tsv`; ``*.tar``, a glob, a list,
     or a folder holding ``.tar`` files -> :func:`read_webdataset`; a ``.parquet`` file, or a folder
     with parquet files, ``metadata.jsonl`` or a ``save_to_disk`` layout -> :func:`read_hf_dataset`.
+    ``allow_outside_root`` goes to :func:`read_tsv` (the only reader that follows paths in the data).
     """
     if not isinstance(spec, (str, os.PathLike)):
         return read_webdataset(spec, **kw)
@@ -492,13 +619,14 @@ def open_reader(spec, **kw) -> Iterator[Sample]:
     if s.startswith("hf:"):
         return read_hf_dataset(s[3:], **kw)
     if s.endswith(".tsv"):
-        return read_tsv(s, **kw)
+        return read_tsv(s, allow_outside_root=allow_outside_root, **kw)
     if s.endswith(".tar") or _glob.has_magic(s):
         return read_webdataset(s, **kw)
     p = Path(s)
     if p.is_file() and p.suffix == ".parquet":
         return read_hf_dataset(s, **kw)
     if p.is_dir():
+        _check_listable(p)
         if any(p.glob("*.tar")):
             return read_webdataset(p, **kw)
         markers = ("metadata.jsonl", "metadata.csv", "dataset_dict.json", "state.json")
@@ -509,3 +637,42 @@ def open_reader(spec, **kw) -> Iterator[Sample]:
         raise FromageError(f"{s}: not found (give a .tsv, a folder of .tar shards, a glob, "
                            "an imagefolder/parquet folder, or hf:NAME)")
     raise FromageError(f"{s}: unknown data format (give a .tsv, .tar, .parquet, a folder, or hf:NAME)")
+
+
+def source_fingerprint(spec, *, allow_outside_root: bool = False, image_root=None) -> str:
+    """A short hash of what :func:`open_reader` would read from ``spec``; it changes with the data.
+
+    A TSV: its path, size, mtime and bytes, and the path, size and mtime of every image it names. A
+    folder, a glob, a shard or a parquet file: the path, size and mtime of each file. ``hf:NAME``: the
+    name only. Used to key caches, so an edited caption, an added row or a replaced image is never
+    served from an old cache.
+    """
+    s = str(spec)
+    root = None if image_root is None else os.path.abspath(image_root)
+    h = hashlib.sha256(repr((os.path.abspath(s), allow_outside_root) + ((root,) if root else ())).encode())
+    if s.startswith("hf:"):
+        return h.hexdigest()[:16]
+    p = Path(s)
+    if p.is_dir():
+        _check_listable(p)
+        files = sorted(Path(d, f) for d, _, fs in os.walk(p, onerror=_cannot_list) for f in fs)
+    else:
+        files = sorted(Path(f) for f in _glob.glob(s)) if _glob.has_magic(s) else [p]
+    for f in files:
+        h.update(_identity(f))
+    if p.suffix == ".tsv" and p.is_file():
+        with os_errors("read it"), open(p, "rb") as f:
+            for block in iter(partial(f.read, 1 << 20), b""):
+                h.update(block)
+        for _, row in read_table(p):
+            h.update(_identity(Path(root or p.parent) / row["image"]))
+    return h.hexdigest()[:16]
+
+
+def _identity(path: Path) -> bytes:
+    """Path, size and mtime of a file (or why it cannot be stat'ed), as bytes to hash."""
+    try:
+        st = path.stat()
+        return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+    except OSError as e:
+        return f"{path}\0{e.errno}\n".encode()

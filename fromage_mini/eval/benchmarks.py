@@ -22,7 +22,7 @@ pixels; features are computed once per image (:func:`compute_features`).
 """
 from __future__ import annotations
 
-import csv
+import argparse
 import json
 import re
 from collections.abc import Mapping
@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import IMAGE_SUFFIXES, SQUASH, load_image
+from ..data.readers import BadItem, SkipLog, decode_image, is_inside, read_image_file, read_table
 from ..errors import FromageError
 from ..files import read_json, write_json
 from ..infer.generate import build_inputs, inference
 from ..infer.scoring import candidate_scores, image_vectors, log_likelihood, text_vectors
-from ..model import load_model
 from ..metrics import ndcg, rank_metrics, recall_at_k, target_ranks
+from ..model import load_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def find_images(folder) -> dict[str, Path]:
 @inference
 def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
                      batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """{id: PIL / path / (D,) feature / (3, H, W) pixels} -> {id: (D,) pooled feature}, in batches."""
+    """{id: PIL / path / feature / (3, H, W) pixels} -> {id: feature} (``infer.generate.feature_shape``), in batches."""
     from ..infer.generate import to_features
 
     keys = list(images)
@@ -108,27 +109,48 @@ def recall_at_k_dataset(model, pairs, ks=(1, 5, 10), *, batch_size: int = 32) ->
     return out
 
 
-def read_pairs(path, image_root=None) -> list[tuple[str, Path]]:
+def read_pairs(path, image_root=None, *, skip_log=None, allow_outside_root: bool = False) -> list[tuple[str, Path]]:
     """(caption, image path) pairs from a JSON list (``{"caption", "image"}`` objects or 2-lists)
-    or a TSV/CSV with ``caption`` and ``image`` columns. Relative image paths are resolved against
-    ``image_root`` (default: the file's folder)."""
+    or a TSV/CSV with ``caption`` and ``image`` columns, read by the training reader's row parser
+    (:func:`~fromage_mini.data.readers.read_table`). Relative image paths are resolved against
+    ``image_root`` (default: the file's folder). Bad rows are skipped and counted in ``skip_log``
+    (``non_utf8``, ``malformed_row``, ``empty_caption``, and ``outside_root`` for a path leading outside
+    the root unless ``allow_outside_root``); images are not opened here (see :func:`readable_images`)."""
     from ..paths import resolve
 
+    skip_log = SkipLog() if skip_log is None else skip_log
     path = Path(resolve(str(path)))
     root = Path(resolve(str(image_root))) if image_root else path.parent
-    rows: list = []
-    if path.suffix == ".json":
-        for r in read_json(path):
-            rows.append((r["caption"], r["image"]) if isinstance(r, dict) else (r[0], r[1]))
-    else:
-        if not path.exists():
-            raise FromageError(f"{path}: file not found")
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix in (".tsv", ".txt") else ",")
-            if not reader.fieldnames or not {"caption", "image"} <= set(reader.fieldnames):
-                raise FromageError(f"{path}: needs a header with 'caption' and 'image' columns")
-            rows = [(r["caption"], r["image"]) for r in reader]
-    return [(c, root / im) for c, im in rows]
+    rows = enumerate(read_json(path)) if path.suffix == ".json" else read_table(path, skip_log=skip_log)
+    pairs = []
+    for key, r in rows:
+        try:
+            caption, image = (r["caption"], r["image"]) if isinstance(r, dict) else (r[0], r[1])
+        except (KeyError, IndexError, TypeError):
+            skip_log.add("malformed_row", str(key), repr(r)[:80])
+            continue
+        if not str(caption).strip():
+            skip_log.add("empty_caption", str(key))
+        elif not (allow_outside_root or is_inside(root / str(image), root)):
+            skip_log.add("outside_root", str(key), str(image))
+        else:
+            pairs.append((str(caption).strip(), root / str(image)))
+    return pairs
+
+
+def readable_images(paths, skip_log) -> set[Path]:
+    """The files among ``paths`` that decode as images; the others are counted in ``skip_log`` by
+    reason (``missing_file``, ``unreadable``, ``empty_file``, ``corrupt_image``, ...), so a bad image
+    drops its own item instead of stopping the evaluation. Each file is decoded once here (and again
+    when its features are computed)."""
+    good = set()
+    for p in dict.fromkeys(paths):
+        try:
+            decode_image(read_image_file(p))
+            good.add(p)
+        except BadItem as e:
+            skip_log.add(e.reason, str(p), str(e))
+    return good
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,13 +196,15 @@ def read_vist(path) -> tuple[list[Story], dict[str, str]]:
     return list(stories.values()), {k: u for k, u in urls.items() if u}
 
 
-def read_story_list(path, caption_key: str = "caption", image_key: str = "image",
-                    image_root=None) -> tuple[list[Story], dict[str, Path]]:
+def read_story_list(path, caption_key: str = "caption", image_key: str = "image", image_root=None, *,
+                    skip_log=None, allow_outside_root: bool = False) -> tuple[list[Story], dict[str, Path]]:
     """ShapesWorld-style stories: a JSON list of stories, each a list of ``{"caption", "image"}``
     entries (or a dict holding that list under ``"scenes"``/``"entries"``, with an optional ``"id"``).
 
     Returns (stories, {image id: path}); an image value is a path relative to ``image_root``
-    (default: the JSON file's folder) and is its own id. Change the keys for other layouts.
+    (default: the JSON file's folder) and is its own id. Change the keys for other layouts. An image
+    path leading outside the root is left out of the paths (its story is then skipped) and counted as
+    ``outside_root`` in ``skip_log``, unless ``allow_outside_root``.
     """
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
@@ -197,7 +221,10 @@ def read_story_list(path, caption_key: str = "caption", image_key: str = "image"
             raise FromageError(f"{path}: story {sid} has an entry without {e}") from None
         stories.append(Story(sid, caps, ims))
         for im in ims:
-            paths[im] = root / im
+            if allow_outside_root or is_inside(root / im, root):
+                paths[im] = root / im
+            elif skip_log is not None:
+                skip_log.add("outside_root", im)
     return stories, paths
 
 
@@ -397,14 +424,18 @@ def visdial_image_retrieval(model, dialogs: list[VisDialDialog], images: Mapping
 # command line: fromage-mini eval --model CKPT {recall,vist,visdial} ...
 def _run(args) -> int:
     model = load_model(args.model, args.device)
-    ks = tuple(int(k) for k in args.ks.split(","))
+    ks = args.ks
     faithful = args.faithful_to_original
+    skips, outside = SkipLog(), args.allow_outside_root  # bad rows and images: skipped, counted, reported
     if args.task == "recall":
-        pairs = read_pairs(args.pairs, args.image_root)[: args.limit]
+        pairs = read_pairs(args.pairs, args.image_root, skip_log=skips, allow_outside_root=outside)[: args.limit]
+        good = readable_images([p for _, p in pairs], skips)
+        pairs = [(c, p) for c, p in pairs if p in good]
         result = recall_at_k_dataset(model, pairs, ks, batch_size=args.batch_size)
     elif args.task == "vist":
         if args.stories:
-            stories, paths = read_story_list(args.stories, image_root=args.images)
+            stories, paths = read_story_list(args.stories, image_root=args.images, skip_log=skips,
+                                             allow_outside_root=outside)
         else:
             if not (args.annotations and args.images):
                 raise FromageError("vist needs --annotations SIS.json --images DIR, or --stories FILE")
@@ -413,12 +444,16 @@ def _run(args) -> int:
             used = {i for s in stories for i in s.images}
             paths = {i: found[i] for i in used if i in found}
         stories = stories[: args.limit]
+        good = readable_images(paths.values(), skips)  # a story with a bad image is skipped and counted
+        paths = {i: p for i, p in paths.items() if p in good}
         result = contextual_retrieval(model, stories, paths, n_captions=args.captions, n_images=args.context_images,
                                       ks=ks, faithful_to_original=faithful, batch_size=args.batch_size)
     else:
         dialogs = read_visdial(args.data)[: args.limit]
         found = find_images(args.images)
         paths = {d.image_id: found[d.image_id] for d in dialogs if d.image_id in found}
+        good = readable_images(paths.values(), skips)
+        paths = {i: p for i, p in paths.items() if p in good}
         result = {}
         if args.part in ("answers", "both"):
             dense = read_visdial_dense(args.dense) if args.dense else None
@@ -427,23 +462,41 @@ def _run(args) -> int:
         if args.part in ("retrieval", "both"):
             result["retrieval"] = visdial_image_retrieval(model, dialogs, paths, ks=ks,
                                                           faithful_to_original=faithful)
-    result = {"task": args.task, "protocol": "faithful_to_original" if faithful else "corrected", **result}
+    result = {"task": args.task, "protocol": "faithful_to_original" if faithful else "corrected", **result,
+              "skips": skips.summary()["counts"]}
     print(json.dumps(result, indent=2))
     if args.out:
         write_json(args.out, result)
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    """"1,5,10" -> (1, 5, 10): positive integers."""
+    try:
+        return tuple(_positive_int(k) for k in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers like 1,5,10, got {text!r}") from None
+
+
 def register(sub):
     p = sub.add_parser("eval", help="evaluate a trained model (recall, VIST, VisDial)")
-    p.add_argument("--model", required=True, help="checkpoint folder written by save_pretrained")
+    p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or a training run folder")
     p.add_argument("--device", default="auto")
-    p.add_argument("--ks", default="1,5,10", help="comma-separated recall cut-offs")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ks", type=_cutoffs, default=(1, 5, 10), help="comma-separated recall cut-offs")
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N items")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--faithful-to-original", action="store_true",
                    help="reproduce the original scripts' scoring quirks (see fromage_mini/eval/benchmarks.py)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read image files that lead outside the pairs/stories file's folder (.., absolute paths)")
     tasks = p.add_subparsers(dest="task", required=True)
     r = tasks.add_parser("recall", help="caption<->image recall@k over a set of pairs")
     r.add_argument("--pairs", required=True, help="JSON list of {caption, image} or TSV/CSV with those columns")

@@ -174,33 +174,48 @@ def _is_image(x) -> bool:
     return isinstance(x, Image.Image)
 
 
-def to_features(model, images) -> torch.Tensor:
-    """Images -> (N, D) pooled features.
+def feature_shape(model) -> tuple[int, ...]:
+    """Shape of one image's feature: (D,) pooled, or (1 + g², D) pooled + grid cells."""
+    D = model.vis_dim
+    return (D,) if model.feature_rank == 1 else (1 + model.config.grid_size ** 2, D)
 
-    ``images``: a list of PIL images, (D,) feature tensors or (3, H, W) pixel tensors (mixed is
-    fine), or one tensor (N, D) of features / (N, 3, H, W) of pixels.
-    """
+
+def as_items(model, images) -> list:
+    """A list of images, or one tensor holding a batch ((N, *F) features, (N, 3, H, W) pixels) or a
+    single item -> a list of items."""
     if torch.is_tensor(images):
-        images = list(images) if images.dim() in (2, 4) else [images]
+        batch = tuple(images.shape[1:]) == feature_shape(model) or images.dim() == 4
+        return list(images) if batch else [images]
+    return list(images)
+
+
+def to_features(model, images) -> torch.Tensor:
+    """Images -> (N, *F) features, F = :func:`feature_shape` ((D,) for FROMAGe's pooled prefix).
+
+    ``images``: a list of PIL images, feature tensors of shape F or (3, H, W) pixel tensors (mixed
+    is fine), or one tensor: (N, *F) features, (N, 3, H, W) pixels, or a single item.
+    """
+    shape = feature_shape(model)
+    is_feature = lambda t: tuple(t.shape) == shape  # noqa: E731
+    is_pixels = lambda t: t.dim() == 3 and t.shape[0] == 3  # noqa: E731
+    images = as_items(model, images)
     out: list[torch.Tensor | None] = [None] * len(images)
-    pil = [i for i, im in enumerate(images) if _is_image(im)]
-    pix = [i for i, im in enumerate(images) if torch.is_tensor(im) and im.dim() == 3]
     for i, im in enumerate(images):
-        if torch.is_tensor(im) and im.dim() == 1:
+        if torch.is_tensor(im) and is_feature(im):
             out[i] = im.float().to(model.device)
-        elif not (_is_image(im) or (torch.is_tensor(im) and im.dim() == 3)):
-            raise FromageError(f"an image must be a PIL image, a (D,) feature or a (3, H, W) pixel tensor, "
+        elif not (_is_image(im) or (torch.is_tensor(im) and is_pixels(im))):
+            raise FromageError(f"an image must be a PIL image, a {shape} feature or a (3, H, W) pixel tensor, "
                                f"got {type(im).__name__}{tuple(im.shape) if torch.is_tensor(im) else ''}")
-    if pil:
-        feats = model.image_features(model.preprocess([images[i] for i in pil]))  # (n, D)
-        for j, i in enumerate(pil):
-            out[i] = feats[j].to(model.device)
-    if pix:
-        feats = model.image_features(torch.stack([images[i] for i in pix]))
-        for j, i in enumerate(pix):
-            out[i] = feats[j].to(model.device)
+    pil = [i for i, im in enumerate(images) if _is_image(im)]
+    pix = [i for i, im in enumerate(images) if torch.is_tensor(im) and out[i] is None]
+    for group, pixels in ((pil, lambda: model.preprocess([images[i] for i in pil])),
+                          (pix, lambda: torch.stack([images[i] for i in pix]))):
+        if group:
+            feats = model.image_features(pixels())  # (n, *F)
+            for j, i in enumerate(group):
+                out[i] = feats[j].to(model.device)
     if not out:
-        return torch.zeros(0, model.vis_dim, device=model.device)
+        return torch.zeros(0, *shape, device=model.device)
     return torch.stack(out)
 
 

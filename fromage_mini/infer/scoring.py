@@ -16,7 +16,7 @@ import torch
 from ..errors import FromageError
 from ..model.backbones import kv_cache
 from ..model.packing import right_pad
-from .generate import IMAGE, PromptInputs, build_inputs, fit_context, inference, pad_batch, to_features
+from .generate import IMAGE, PromptInputs, as_items, build_inputs, fit_context, inference, pad_batch, to_features
 
 
 def _with_ret(model, inp: PromptInputs) -> PromptInputs:
@@ -54,9 +54,8 @@ def text_vectors(model, prompts, *, batch_size: int = 32, bos: str = "once") -> 
 
 @inference
 def image_vectors(model, images_or_features, *, batch_size: int = 64) -> torch.Tensor:
-    """Image retrieval vectors (N, q), unnormalised, from PIL images / (D,) features / (3, H, W) pixels."""
-    items = list(images_or_features) if not torch.is_tensor(images_or_features) or \
-        images_or_features.dim() in (2, 4) else [images_or_features]
+    """Image retrieval vectors (N, q), unnormalised, from PIL images / features / (3, H, W) pixels."""
+    items = as_items(model, images_or_features)
     out = [model.encode_images(to_features(model, items[s: s + batch_size])).float()
            for s in range(0, len(items), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, model.config.ret_dim)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import LM_DTYPES
@@ -214,3 +216,25 @@ def pooled_features(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tens
     p = next(vision.parameters())
     out = vision(pixel_values=pixel_values.to(device=p.device, dtype=p.dtype))
     return out.pooler_output.float()
+
+
+@torch.no_grad()
+def grid_features(vision: nn.Module, pixel_values: torch.Tensor, g: int, layer: int = -1) -> torch.Tensor:
+    """(B, 3, H, W) pixels -> (B, 1 + g², vis_dim) in fp32: the pooled feature, then the patch tokens
+    of ``layer`` average-pooled to a g × g grid (row-major cells; a CLS token is left out).
+
+    Patch tokens come as a P × P square (SigLIP) or a CLS token plus the square (CLIP).
+    """
+    p = next(vision.parameters())
+    out = vision(pixel_values=pixel_values.to(device=p.device, dtype=p.dtype), output_hidden_states=layer != -1)
+    h = out.last_hidden_state if layer == -1 else out.hidden_states[layer]  # (B, [1 +] P², D)
+    B, N, D = h.shape
+    P = math.isqrt(N)
+    if P * P != N:  # a CLS token first
+        h, P = h[:, 1:], math.isqrt(N - 1)
+        if P * P != N - 1:
+            raise FromageError(f"cannot lay {N} vision tokens out as a square patch grid")
+    if g > P:
+        raise FromageError(f"grid_size {g} is finer than the tower's {P}x{P} patches")
+    cells = F.adaptive_avg_pool2d(h.transpose(1, 2).reshape(B, D, P, P).float(), g)  # (B, D, g, g)
+    return torch.cat([out.pooler_output.float()[:, None], cells.flatten(2).transpose(1, 2)], 1)

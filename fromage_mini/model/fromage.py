@@ -4,7 +4,9 @@ Read top to bottom. Shapes: B batch, L caption tokens, k visual tokens, d LM emb
 D vision width, q retrieval width, V vocabulary rows.
 
 Trained (everything else is frozen):
-    visual_prefix   Linear(D -> k·d)       image feature f -> k LM input embeddings
+    visual_prefix   Linear(D -> k·d)       image feature f -> k LM input embeddings (FROMAGe's pooled
+                                           prefix; the grid prefix maps each of g² = k cell tokens
+                                           with Linear(D -> d) or an MLP D -> d -> d instead)
     ret_embedding   (d,)                   [RET]'s input embedding
     ret_output      (d_out,)               [RET]'s output-head row (untied LMs only; tied LMs
                                            share ret_embedding, as OPT's matrix is shared)
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import QUANTIZED_DTYPES, FromageConfig
@@ -83,7 +86,10 @@ class Fromage(nn.Module):
         k, d, q = config.n_visual_tokens, dims.d_embed, config.ret_dim
 
         # ---- the trained adapters -------------------------------------------------------------
-        self.visual_prefix = nn.Linear(self.vis_dim, d * k)
+        self.visual_prefix = self._make_prefix(self.vis_dim, d, k)
+        # grid prefix: a learned "where" vector per cell (starting at 0), added to its token: the projector
+        # is shared by the cells, and a frozen LM does not tell the cells apart by their positions alone
+        self.cell_embedding = nn.Parameter(torch.zeros(k, d)) if config.visual_prefix == "grid" else None
         self.image_dropout = nn.Dropout(config.image_dropout)
         self.ret_embedding = nn.Parameter(torch.empty(d))
         self.ret_output = None if dims.tied else nn.Parameter(torch.empty(dims.d_out))
@@ -94,10 +100,12 @@ class Fromage(nn.Module):
         self.image_head = nn.Linear(self.vis_dim, q)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self._init_ret()
-        longest = (config.max_len + k) * (2 if config.concat_prob > 0 else 1)  # a training row (pairs when concatenated)
+        pairs = config.concat_prob > 0  # concatenated captions: two examples in one row
+        longest = (config.max_len + k) * (2 if pairs else 1)  # the longest training row
         if self.max_positions is not None and longest > self.max_positions:
-            raise FromageError(f"max_len {config.max_len} + {k} visual tokens{' (x2: concat_prob > 0)' if config.concat_prob > 0 else ''}"
-                               f" = {longest} positions, more than the LM's {self.max_positions}; lower max_len")
+            twice = " (x2: concat_prob > 0)" if pairs else ""
+            raise FromageError(f"max_len {config.max_len} + {k} visual tokens{twice} = {longest} positions, "
+                               f"more than the LM's {self.max_positions}; lower max_len")
         if not any(p.is_meta for p in self.parameters()):
             for name, child in self.named_children():  # a quantised LM was placed by its loader
                 if not (name == "lm" and config.lm_dtype in QUANTIZED_DTYPES):
@@ -108,6 +116,13 @@ class Fromage(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     # setup helpers
+    def _make_prefix(self, D: int, d: int, k: int) -> nn.Module:
+        if self.config.visual_prefix == "pooled":
+            return nn.Linear(D, d * k)  # FROMAGe: one pooled vector -> k tokens
+        if self.config.projector == "linear":
+            return nn.Linear(D, d)  # one cell token -> one LM token
+        return nn.Sequential(nn.Linear(D, d), nn.GELU(), nn.Linear(d, d))  # LLaVA-1.5's projector
+
     def _layer_width(self, layer: int) -> int:
         n = self.dims.n_layers
         if layer not in range(-n - 1, n + 1):
@@ -141,6 +156,15 @@ class Fromage(nn.Module):
         self.lm.eval()
         self.vision.eval()
         return self
+
+    @torch.no_grad()
+    def renorm_ret(self) -> None:
+        """The original's trick, run after every training step when ``TrainConfig.ret_renorm``: rescale
+        [RET]'s input embedding to the mean L2 norm of the LM's vocabulary rows (those before [RET]'s id)."""
+        if getattr(self, "_vocab_norm", None) is None:
+            emb = self.lm.get_input_embeddings().weight
+            self._vocab_norm = emb[: min(self.ret_id, emb.shape[0])].float().norm(dim=1).mean().item()
+        self.ret_embedding.mul_(self._vocab_norm / self.ret_embedding.norm().clamp(min=1e-12))
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trained tensors (what a checkpoint holds)."""
@@ -184,8 +208,17 @@ class Fromage(nn.Module):
         return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, D) pooled features f from the frozen tower (no grad; what the cache stores)."""
+        """(B, 3, H, W) -> what the frozen tower gives the adapters (no grad; what the cache stores):
+        (B, D) pooled features f, or for the grid prefix (B, 1 + g², D): f, then the g² cell tokens."""
+        cfg = self.config
+        if cfg.visual_prefix == "grid":
+            return backbones.grid_features(self.vision, pixel_values, cfg.grid_size, cfg.grid_layer)
         return backbones.pooled_features(self.vision, pixel_values)
+
+    @property
+    def feature_rank(self) -> int:
+        """Dimensions of one image's feature: 1 for (D,) pooled, 2 for (1 + g², D) pooled + grid."""
+        return 1 if self.config.visual_prefix == "pooled" else 2
 
     @property
     def bos_before_image(self) -> bool:
@@ -204,9 +237,19 @@ class Fromage(nn.Module):
         return torch.where(is_ret.unsqueeze(-1), self.ret_embedding.to(x.dtype), x)
 
     def visual_embeds(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, D) features -> (B, k, d) visual prefix."""
+        """Features from :meth:`image_features` -> (B, k, d) visual prefix.
+
+        pooled: (B, D) -> Linear -> (B, k·d) -> k tokens. grid: (B, 1 + g², D) -> the g² cell tokens,
+        each layer-normalised (no parameters: the towers' patch tokens are not on one scale) and
+        projected to one LM token.
+        """
         B = features.shape[0]
-        x = self.visual_prefix(features.to(self.visual_prefix.weight.dtype))  # (B, k·d)
+        dtype = next(self.visual_prefix.parameters()).dtype
+        if self.config.visual_prefix == "grid":
+            cells = features[:, 1:].to(dtype)  # (B, g², D)
+            x = self.visual_prefix(F.layer_norm(cells, cells.shape[-1:])) + self.cell_embedding  # (B, g², d)
+        else:
+            x = self.visual_prefix(features.to(dtype))  # (B, k·d)
         return self.image_dropout(x).view(B, self.config.n_visual_tokens, self.dims.d_embed)
 
     # ------------------------------------------------------------------------------------------
@@ -266,9 +309,11 @@ class Fromage(nn.Module):
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:
         """Image vectors v = image_head(f): (B, D) pooled features -> (B, q), unnormalised.
 
-        ``features`` come from :meth:`image_features` (pixels) or the feature cache.
+        ``features`` come from :meth:`image_features` (pixels) or the feature cache; for the grid
+        prefix only their pooled row f is used.
         """
-        return self.image_head(features.to(self.image_head.weight.dtype))
+        f = features if features.dim() == 2 else features[:, 0]
+        return self.image_head(f.to(self.image_head.weight.dtype))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text vectors t: ``</s> caption [RET]`` ids (B, L) from :meth:`tokenize` -> (B, q), unnormalised.

@@ -7,18 +7,19 @@
 ``--data`` is a plain folder of images (searched recursively), a FROMAGe TSV, webdataset shards or a
 ``datasets`` dataset (anything ``fromage_mini.data.open_reader`` reads). Each row stores the model's
 image-side retrieval vector and metadata (path or key, caption). The index remembers which model
-built it (:func:`model_fingerprint`), and loading it with another model is refused.
+built it (:func:`model_fingerprint`), and loading it with another model is refused. Image files that
+lead outside the data folder (``..``, symlinks) are skipped as ``outside_root`` unless
+``--allow-outside-root`` is given.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.images import IMAGE_SUFFIXES
+from ..errors import FromageError
 
 
 def model_fingerprint(model) -> str:
@@ -31,79 +32,57 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _folder_samples(folder: Path, skip_log):
-    """Images in a folder tree (sorted), as records with ``key`` = relative path and no caption."""
-    from types import SimpleNamespace
-
-    from ..data.readers import BadItem, decode_image
-
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        key = str(path.relative_to(folder))
-        try:
-            img = decode_image(path.read_bytes())
-        except BadItem as e:
-            skip_log.add(e.reason, key, str(e))
-            continue
-        except OSError as e:
-            skip_log.add("missing_file", key, str(e))
-            continue
-        yield SimpleNamespace(key=key, caption="", image=img, path=str(path.resolve()))
-
-
-def _tsv_paths(tsv: Path) -> dict[str, str]:
-    """Row key -> absolute image path for a FROMAGe TSV (keys as the TSV reader numbers rows)."""
-    out = {}
-    with open(tsv, newline="", encoding="utf-8", errors="replace") as f:
-        rows = csv.reader(f, delimiter="\t")
-        header = next(rows, [])
-        col = header.index("image") if "image" in header else None
-        for i, row in enumerate(rows):
-            if col is not None and col < len(row):
-                out[str(i)] = str((tsv.parent / row[col]).resolve())
-    return out
-
-
 @torch.no_grad()
-def build_index(model, data: str, out, batch_size: int = 64, progress: bool = True):
-    """Encode every image of ``data`` with ``model`` and write a :class:`RetrievalIndex` to ``out``."""
+def build_index(model, data: str, out, batch_size: int = 64, progress: bool = True, *,
+                allow_outside_root: bool = False):
+    """Encode every image of ``data`` with ``model`` and write a :class:`RetrievalIndex` to ``out``.
+
+    Bad images are skipped and counted. No usable image, a folder that cannot be read or an ``out``
+    that cannot be written is a one-line :class:`FromageError`, and ``out`` is left as it was. Hidden
+    build folders that a killed earlier build left beside ``out`` are removed first.
+    """
     from tqdm.auto import tqdm
 
-    from ..data.readers import SkipLog, open_reader
+    from ..data.readers import SkipLog, list_images, open_reader, read_image_folder
+    from ..files import os_errors, remove_stale_siblings
     from ..paths import resolve
     from .index import IndexWriter, RetrievalIndex
 
     data = resolve(data)
     src = Path(data)
     skips = SkipLog()
-    is_folder = src.is_dir() and not any(src.glob("*.tar")) and any(
-        p.suffix.lower() in IMAGE_SUFFIXES for p in src.rglob("*"))
-    samples = _folder_samples(src, skips) if is_folder else open_reader(data, skip_log=skips)
-    paths = _tsv_paths(src) if src.suffix == ".tsv" else {}
     model.eval()
     info = {"model": model.config.to_dict(), "data": data, "skips": {}}
-    bar = tqdm(desc="indexing", unit="img", disable=not progress)
-    with IndexWriter(out, dim=model.config.ret_dim, model_fingerprint=model_fingerprint(model),
-                     extra_info=info) as writer:
-        batch = []
+    with os_errors("build the index"), tqdm(desc="indexing", unit="img", disable=not progress) as bar:
+        is_folder = src.is_dir() and not any(src.glob("*.tar")) and list_images(src)
+        read = read_image_folder if is_folder else open_reader
+        samples = read(data, skip_log=skips, allow_outside_root=allow_outside_root)
+        remove_stale_siblings(out, "building")  # what an IndexWriter killed by SIGKILL left behind
+        with IndexWriter(out, dim=model.config.ret_dim, model_fingerprint=model_fingerprint(model),
+                         extra_info=info) as writer:
+            batch = []
 
-        def flush():
-            px = model.preprocess([s.image for s in batch]).to(model.device)
-            v = model.encode_images(model.image_features(px)).float().cpu().numpy()
-            ok = np.isfinite(v).all(axis=1)
-            meta = [{"key": s.key, "path": getattr(s, "path", None) or paths.get(s.key), "caption": s.caption}
-                    for s in batch]
-            writer.add(v[ok], [m for m, good in zip(meta, ok) if good])
-            bar.update(len(batch))
-            batch.clear()
+            def flush():
+                px = model.preprocess([s.image for s in batch]).to(model.device)
+                v = model.encode_images(model.image_features(px)).float().cpu().numpy()
+                ok = np.isfinite(v).all(axis=1)
+                for s, good in zip(batch, ok):
+                    if not good:
+                        skips.add("non_finite_feature", s.key)
+                writer.add(v[ok], [{"key": s.key, "path": s.path, "caption": s.caption}
+                                   for s, good in zip(batch, ok) if good])
+                bar.update(len(batch))
+                batch.clear()
 
-        for s in samples:
-            batch.append(s)
-            if len(batch) == batch_size:
+            for s in samples:
+                batch.append(s)
+                if len(batch) == batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
-        writer.extra_info["skips"] = skips.summary()["counts"]
-    bar.close()
+            if not len(writer):  # raised inside the with: nothing is written, a previous index stays
+                raise FromageError(f"{data}: no usable image to index ({skips}); nothing was written")
+            writer.extra_info["skips"] = skips.summary()["counts"]
     if skips.total:
         print(f"skipped {skips.total} images: {skips.summary()['counts']}")
     return RetrievalIndex.load(out)
@@ -120,13 +99,15 @@ def register(sub):
     p = sub.add_parser("index", help="build or query a retrieval index over your own images")
     isub = p.add_subparsers(dest="index_command", required=True)
     b = isub.add_parser("build", help="encode a folder / TSV / shards / dataset into an index folder")
-    b.add_argument("--model", required=True, help="checkpoint folder written by save_pretrained")
+    b.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or a training run folder")
     b.add_argument("--data", required=True)
     b.add_argument("--out", required=True)
     b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--allow-outside-root", action="store_true",
+                   help="read image files that lead outside the data folder (.., absolute paths, symlinks)")
     b.set_defaults(func=_build)
     s = isub.add_parser("search", help="text (ending in [RET] or not) -> top-k images")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or a training run folder")
     s.add_argument("--index", required=True)
     s.add_argument("-k", type=int, default=5)
     s.add_argument("text")
@@ -136,7 +117,7 @@ def register(sub):
 def _build(a) -> int:
     from ..model import load_model
 
-    idx = build_index(load_model(a.model), a.data, a.out, a.batch_size)
+    idx = build_index(load_model(a.model), a.data, a.out, a.batch_size, allow_outside_root=a.allow_outside_root)
     print(f"index with {len(idx)} images written to {a.out}")
     return 0
 

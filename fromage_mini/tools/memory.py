@@ -176,6 +176,7 @@ def lm_weight_bytes(counts: dict, lm_dtype: str) -> float:
 def plan_memory(lm, vision=None, *, lm_dtype: str = "bf16", batch: int = 32, mode: str = "train",
                 seq_len: int | None = None, k: int = 1, cached_features: bool = True,
                 grad_checkpointing: bool = False, fast_ret_pass: bool = True, ret_dim: int = 256,
+                grid: int | None = None, projector: str = "linear",
                 cuda_context_gib: float = 0.5) -> dict[str, float]:
     """Estimated peak GPU memory in GiB per item, and their ``total``.
 
@@ -184,12 +185,16 @@ def plan_memory(lm, vision=None, *, lm_dtype: str = "bf16", batch: int = 32, mod
     mode: "train" (one adapter-training step) or "inference" (one no-grad captioning forward).
     seq_len: tokens in the captioning pass, k image tokens + the caption (default 24 + k); the
     retrieval pass has ``seq_len - k``.
+    grid: g for the grid visual prefix (k = g² tokens, one projector shared by the cells,
+    ``projector`` "linear" or "mlp"); None = FROMAGe's pooled prefix with ``k`` tokens.
     """
     from ..model.fromage import expected_adapter_count
 
     if mode not in ("train", "inference"):
         raise FromageError(f"mode must be 'train' or 'inference', got {mode!r}")
     c, v = lm_counts(lm), vision_counts(vision)
+    if grid is not None:
+        k = grid * grid
     B, L, h, f, V = batch, c["layers"], c["hidden"], c["ffn"], c["vocab"]
     t_cap = seq_len or 24 + k
     t_ret = t_cap - k
@@ -198,6 +203,9 @@ def plan_memory(lm, vision=None, *, lm_dtype: str = "bf16", batch: int = 32, mod
     scratch = c["ffn"] * h * 2 if lm_dtype == "nf4" else 0  # one dequantized weight
 
     n_adapters = expected_adapter_count(c["d_embed"], c["d_out"], [c["d_out"]], v["hidden"], k, ret_dim, c["tied"])
+    if grid is not None:  # one projector for every cell instead of FROMAGe's D -> k·d map
+        d, D = c["d_embed"], v["hidden"]
+        n_adapters += (D * d + d + (d * d + d if projector == "mlp" else 0)) - (D * d * k + d * k)
     out = {"lm_weights": lm_weight_bytes(c, lm_dtype)}
     if mode == "train":
         out["vision_weights"] = 0 if cached_features else 4 * v["total"]
@@ -224,6 +232,19 @@ def plan_memory(lm, vision=None, *, lm_dtype: str = "bf16", batch: int = 32, mod
     out["cuda_context"] = cuda_context_gib
     out["total"] = sum(out.values())
     return out
+
+
+def feature_cache_gib(vision, grid: int | None = None, images: int = 1_000_000) -> float:
+    """Disk size (GiB) of the frozen-feature cache for ``images`` images, fp16: one pooled vector of
+    width D per image, plus g² cell vectors for the grid prefix (``grid=None``: pooled only)."""
+    D = vision_counts(vision)["hidden"]
+    return images * 2 * D * (1 + (grid * grid if grid else 0)) / GIB
+
+
+def patch_grid_gib(vision, images: int = 1_000_000) -> float:
+    """What caching the tower's full patch grid (every patch token, fp16) would take instead, GiB."""
+    v = vision_counts(vision)
+    return images * 2 * v["hidden"] * (v["tokens"] - 1) / GIB
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,8 +70,8 @@ def center_heads(model, cache: FeatureCache, n: int = 512) -> None:
 def _batch(cache: FeatureCache, idx: list, model, device, state: dict):
     """Features and tokenized captions of rows ``idx``; rows with non-finite features (a damaged
     cache file) are dropped and counted in ``state["skipped_rows"]``."""
-    feats = cache.features(idx)
-    ok = torch.isfinite(feats).all(dim=1)
+    feats = cache.features(idx)  # (B, *F)
+    ok = torch.isfinite(feats.flatten(1)).all(dim=1)
     if not bool(ok.all()):
         skipped = state.setdefault("skipped_rows", {})
         skipped["non_finite_feature"] = skipped.get("non_finite_feature", 0) + int((~ok).sum())
@@ -111,8 +111,9 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     t_cache = time.time()
     for turn in (True, False):
         if main == turn:
-            train_cache = cached_split(model, cfg.train_data, cfg.cache_dir, "train", log)
-            val_cache = cached_split(model, cfg.val_data, cfg.cache_dir, "val", log)
+            where = {"image_root": cfg.image_root, "allow_outside_root": cfg.allow_outside_root}
+            train_cache = cached_split(model, cfg.train_data, cfg.cache_dir, "train", log, **where)
+            val_cache = cached_split(model, cfg.val_data, cfg.cache_dir, "val", log, **where)
         dist.barrier()
     cache_seconds = time.time() - t_cache
     log(f"features: {len(train_cache)} train, {len(val_cache)} val (dim {train_cache.dim}), {cache_seconds:.1f}s")
@@ -163,6 +164,8 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if cfg.ret_renorm:
+            model.renorm_ret()
         state["step"] += 1
         state["train_seconds"] += time.time() - t0
         n_since += B * cfg.grad_accum
