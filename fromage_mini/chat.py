@@ -4,7 +4,8 @@ Python::
 
     chat = Dialogue(model, index)
     print(chat.ask("what shape is this?", image=Image.open("circle.png")))
-    print(chat.ask("show me one in blue [RET]"))  # or let the model emit [RET] itself
+    print(chat.ask("show me one in blue [RET]"))  # a question ending in [RET] is answered with an image
+                                                   # first; otherwise the model may emit [RET] itself
 
 Command line (one question per line on stdin; ``/image PATH`` attaches an image to the next
 question, ``/reset`` starts over, ``/help`` lists the commands, ``/quit`` or end of input exits)::
@@ -25,7 +26,9 @@ from .infer.generate import GenerationResult, add_generation_args, generate, gen
 class Dialogue:
     """A conversation in the original notebook's format: each turn adds ``"Q: <text>\\nA:"`` (after
     its image, if any), the model answers up to the newline, and the answer plus ``"\\n"`` joins
-    the history. A [RET] the model emits stays in the history as the [RET] token.
+    the history. A [RET] the model emits stays in the history as the [RET] token. A question that
+    ends with [RET] ("show me a red circle [RET]") becomes ``"Q: show me a red circle\\nA: [RET]"``, so
+    its answer starts with a retrieval.
 
     When the history no longer fits the LM's positions (with room for the answer), the oldest turns
     are dropped, keeping the most recent image (the one being discussed); :attr:`notes` says so.
@@ -57,7 +60,13 @@ class Dialogue:
         if image is not None and isinstance(image, (str, Path)):
             from .data.images import load_image
             image = load_image(image)
-        turn = ([image] if image is not None else []) + [f"Q: {text}\nA:"]
+        ret = self.model.config.ret_token
+        asked = text.rstrip()
+        if asked.endswith(ret):  # "show me ... [RET]": the answer starts with a retrieval
+            turn_text = f"Q: {asked[: -len(ret)].rstrip()}\nA: {ret}"
+        else:
+            turn_text = f"Q: {text}\nA:"
+        turn = ([image] if image is not None else []) + [turn_text]
         self.notes = []
         kept = list(self.turns)
         self.turns.append(turn)

@@ -103,3 +103,14 @@ def test_chat_survives_a_decompression_bomb(tmp_path):
     Image.new("1", (15000, 15000)).save(big)  # 225M pixels, over Pillow's bomb limit
     r = run_chat([f"/image {big}", "what is it?"])
     assert r.returncode == 0 and "cannot read image" in r.stdout and "A:" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_question_ending_in_ret_is_answered_with_an_image(toy):
+    from fromage_mini.infer.generate import TensorIndex
+
+    feats = torch.randn(5, toy.vis_dim, generator=torch.Generator().manual_seed(0))
+    index = TensorIndex(scoring.image_vectors(toy, feats), [{"caption": f"#{i}"} for i in range(5)])
+    chat = Dialogue(toy, index, max_new_tokens=4)
+    result = chat.ask("show me a small red circle [RET]")
+    assert result.retrievals and result.retrievals[0].ids  # the typed [RET] retrieved
+    assert chat.history[0] == "Q: show me a small red circle\nA: [RET]"

@@ -188,7 +188,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
                                                and state["train_seconds"] >= cfg.max_seconds)
         done = state["step"] == cfg.max_steps or out_of_time
         if (state["step"] % cfg.val_every == 0 or done) and main:
-            res = validate(model, val_cache, cfg)  # the unwrapped model: no collectives
+            res = validate(model, val_cache, cfg, progress=True)  # the unwrapped model: no collectives
             caps = {k: v for k, v in res.get("captions", {}).items() if k != "examples"}
             state["history"].append({"step": state["step"], "t2i": res["t2i"], "i2t": res["i2t"],
                                      **({"captions": caps} if caps else {})})

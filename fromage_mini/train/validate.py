@@ -10,11 +10,14 @@ from ..metrics import recall_at_k, token_f1
 
 
 @torch.no_grad()
-def retrieval_vectors(model, cache: FeatureCache, batch_size: int = 256):
+def retrieval_vectors(model, cache: FeatureCache, batch_size: int = 256, progress: bool = False):
     """Text vectors (``encode_text``: from [RET]) and image vectors (``encode_images``) for every row
     of a cache: (N, q), (N, q)."""
+    from tqdm.auto import tqdm
+
     ts, vs = [], []
-    for i in range(0, len(cache), batch_size):
+    for i in tqdm(range(0, len(cache), batch_size), desc="validating", unit="batch", leave=False,
+                  disable=not progress):
         b = {k: v.to(model.device) for k, v in model.tokenize(cache.captions[i: i + batch_size]).items()}
         ts.append(model.encode_text(b["input_ids"], b["attention_mask"]).float().cpu())
         f = cache.features(range(i, min(i + batch_size, len(cache)))).to(model.device)
@@ -23,29 +26,34 @@ def retrieval_vectors(model, cache: FeatureCache, batch_size: int = 256):
 
 
 @torch.no_grad()
-def validate(model, cache: FeatureCache, cfg) -> dict:
-    """Recall@1/5/10 in both directions over the whole split, plus caption quality (``cfg``: a TrainConfig)."""
+def validate(model, cache: FeatureCache, cfg, progress: bool = False) -> dict:
+    """Recall@1/5/10 in both directions over the whole split, plus caption quality (``cfg``: a TrainConfig).
+
+    ``progress``: bars over the retrieval batches and the captions."""
     was_training = model.training
     model.eval()
-    t, v = retrieval_vectors(model, cache, cfg.val_batch_size)
+    t, v = retrieval_vectors(model, cache, cfg.val_batch_size, progress)
     ok = torch.isfinite(v).all(dim=1) & torch.isfinite(t).all(dim=1)  # rows from a damaged cache
     t, v = t[ok], v[ok]
     scores = F.normalize(t, dim=-1) @ F.normalize(v, dim=-1).T  # (N, N) cosine
     res = {"t2i": recall_at_k(scores), "i2t": recall_at_k(scores.T)}
     if cfg.caption_eval:
-        res["captions"] = caption_quality(model, cache, cfg)
+        res["captions"] = caption_quality(model, cache, cfg, progress)
     model.train(was_training)
     return res
 
 
-def caption_quality(model, cache: FeatureCache, cfg) -> dict:
+def caption_quality(model, cache: FeatureCache, cfg, progress: bool = False) -> dict:
     """Greedy captions for the first ``caption_eval`` images, scored against the references."""
+    from tqdm.auto import tqdm
+
     from ..infer.generate import caption
 
     n = min(cfg.caption_eval, len(cache))
     feats = cache.features(range(n)).to(model.device)
     preds = []
-    for i in range(0, n, cfg.val_batch_size):
+    for i in tqdm(range(0, n, cfg.val_batch_size), desc="captioning", unit="batch", leave=False,
+                  disable=not progress):
         preds += caption(model, feats[i: i + cfg.val_batch_size])
     refs = cache.captions[:n]
     if cfg.caption_metric == "shapesworld":
