@@ -202,7 +202,11 @@ def _run(args) -> int:
 
 
 def register(sub):
-    p = sub.add_parser("chat", help="talk with a trained model; images in and retrieved images out")
+    import argparse
+
+    p = sub.add_parser("chat", help="talk with a trained model; images in and retrieved images out",
+                       epilog="one question per line on stdin; " + HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or a training run folder")
     p.add_argument("--index", help="retrieval index folder (enables retrieval)")
     p.add_argument("--image", action="append", default=[], help="image placed before the first question")

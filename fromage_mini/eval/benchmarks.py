@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +66,15 @@ def find_images(folder) -> dict[str, Path]:
 
 @inference
 def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
-                     batch_size: int = 32) -> dict[str, torch.Tensor]:
+                     batch_size: int = 32, progress: bool = False) -> dict[str, torch.Tensor]:
     """{id: PIL / path / feature / (3, H, W) pixels} -> {id: feature} (``infer.generate.feature_shape``), in batches."""
+    from tqdm.auto import tqdm
+
     from ..infer.generate import to_features
 
     keys = list(images)
     out: dict[str, torch.Tensor] = {}
+    bar = tqdm(total=len(keys), desc="image features", unit="img", disable=not progress)
     for s in range(0, len(keys), batch_size):
         chunk = keys[s: s + batch_size]
         items = []
@@ -83,22 +87,26 @@ def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
             items.append(im)
         for k, f in zip(chunk, to_features(model, items)):
             out[k] = f
+        bar.update(len(chunk))
+    bar.close()
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # caption <-> image recall
 @inference
-def recall_at_k_dataset(model, pairs, ks=(1, 5, 10), *, batch_size: int = 32) -> dict[str, float]:
+def recall_at_k_dataset(model, pairs, ks=(1, 5, 10), *, batch_size: int = 32,
+                        progress: bool = False) -> dict[str, float]:
     """Recall@k over a set of (caption, image) pairs, both directions, among the set's own items.
 
     Text side: ``</s> caption [RET]`` (as in training); image side: the image head. Cosine scores.
-    Returns ``{"n", "t2i_R@k", "i2t_R@k"}``.
+    Returns ``{"n", "t2i_R@k", "i2t_R@k"}``. ``progress``: a bar over the images (the slow part).
     """
     pairs = list(pairs)
     if not pairs:
         raise FromageError("no (caption, image) pairs to evaluate")
-    feats = compute_features(model, {str(i): im for i, (_, im) in enumerate(pairs)}, batch_size=batch_size)
+    feats = compute_features(model, {str(i): im for i, (_, im) in enumerate(pairs)}, batch_size=batch_size,
+                             progress=progress)
     t = F.normalize(text_vectors(model, [c for c, _ in pairs], batch_size=batch_size), dim=-1)
     v = F.normalize(image_vectors(model, torch.stack(list(feats.values())), batch_size=batch_size), dim=-1)
     scores = (t @ v.T).cpu()  # (N, N): caption i against image j
@@ -277,6 +285,9 @@ def contextual_retrieval(model, stories: list[Story], images: Mapping[str, Any],
 # VisDial
 @dataclass
 class VisDialRound:
+    """One round. ``answer`` is None for an unanswered round (the test split's last round): such a
+    round is never written into a dialogue text, only its question ends the prompt that ranks it."""
+
     question: str
     answer: str | None = None
     options: list[str] = field(default_factory=list)
@@ -293,16 +304,27 @@ class VisDialDialog:
 def read_visdial(path) -> list[VisDialDialog]:
     """The official VisDial v1.0 JSON: ``data.dialogs[i]`` with ``image_id``, ``caption`` and
     ``dialog[r]`` = ``{question, answer, answer_options, gt_index}`` as indices into
-    ``data.questions`` / ``data.answers`` (the test split lacks some answers and gt indices)."""
+    ``data.questions`` / ``data.answers``.
+
+    The test split gives each dialog's rounds up to an unanswered last one: earlier rounds have no
+    ``answer_options``, the last has options but no ``answer`` or ``gt_index``. A missing (or
+    negative, as some preprocessed copies pad) answer or gt index is read as None, never guessed.
+    """
+    def index(r, key):
+        i = r.get(key)
+        return None if i is None or i < 0 else i
+
     raw = read_json(path)
     try:
         data = raw["data"]
         qs, ans = data["questions"], data["answers"]
         out = []
         for d in data["dialogs"]:
-            rounds = [VisDialRound(qs[r["question"]], ans[r["answer"]] if "answer" in r else None,
-                                   [ans[o] for o in r.get("answer_options", [])], r.get("gt_index"))
-                      for r in d["dialog"]]
+            rounds = []
+            for r in d["dialog"]:
+                a = index(r, "answer")
+                rounds.append(VisDialRound(qs[r["question"]], None if a is None else ans[a],
+                                           [ans[o] for o in r.get("answer_options", [])], index(r, "gt_index")))
             out.append(VisDialDialog(str(d["image_id"]), d.get("caption", ""), rounds))
     except (KeyError, TypeError, IndexError) as e:
         raise FromageError(f"{path}: not a VisDial v1.0 file (bad or missing {e})") from None
@@ -323,18 +345,34 @@ def _question(q: str) -> str:
     return "Q: " + q + "?"
 
 
+def option_ranks(scores: torch.Tensor) -> list[int]:
+    """Scores of M options -> the challenge's ``ranks``: ``ranks[j]`` is option j's 1-based rank
+    (1 = highest score), a permutation of 1..M; ties go to the lower index, NaN ranks last."""
+    s = scores.float().cpu()
+    order = torch.where(s.isnan(), float("-inf"), s).argsort(descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(1, len(order) + 1)
+    return ranks.tolist()
+
+
 @inference
 def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[str, Any],
                            dense: Mapping[str, dict] | None = None, *, ks=(1, 5, 10),
                            faithful_to_original: bool = False, normalize: bool = False,
-                           batch_size: int = 32) -> dict[str, float]:
+                           batch_size: int = 32, return_ranks: bool = False) -> dict:
     """Rank each round's answer options by their likelihood given the image and the dialogue so far.
 
-    Prompt for round r: ``[image, "Q: q_1?\\nA: a_1\\n...\\nQ: q_r?\\nA:"]``; each option is scored
-    as ``log p(" " + option | prompt)`` (sum over its tokens; ``normalize``: mean). Dialogues
-    whose image is missing from ``images`` are skipped. Returns R@k, MRR, mean rank over every
-    round with a ``gt_index``, and NDCG over the dense rounds when ``dense`` is given.
-    ``faithful_to_original``: see the module docstring.
+    Every round with answer options is ranked, with or without ground truth (on the test split:
+    each dialog's unanswered last round). Prompt for round r:
+    ``[image, "Q: q_1?\\nA: a_1\\n...\\nQ: q_r?\\nA:"]``, the history holding only the answered
+    rounds before r; each option is scored as ``log p(" " + option | prompt)`` (sum over its
+    tokens; ``normalize``: mean). Dialogues whose image is missing from ``images`` are skipped.
+
+    Returns ``rounds`` (rounds ranked), ``gt_rounds`` (those with a ``gt_index``), R@k, MRR and mean
+    rank over the ``gt_rounds`` (absent when there are none, as on test), and NDCG over the dense
+    rounds when ``dense`` is given. ``return_ranks``: also ``"submission"``, the challenge's
+    entries ``{"image_id", "round_id" (1-based), "ranks"}`` (:func:`option_ranks`), one per ranked
+    round. ``faithful_to_original``: see the module docstring.
     """
     feats = compute_features(model, {d.image_id: images[d.image_id] for d in dialogs if d.image_id in images},
                              squash=faithful_to_original)
@@ -342,7 +380,7 @@ def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[
     flat: list[torch.Tensor] = []  # scores of every scored round, dialog by dialog
     where: dict[tuple[int, int], int] = {}  # (dialog index, round index) -> position in flat
     offsets: dict[int, int] = {}
-    ranks, n_skipped = [], 0
+    ranks, n_skipped, submission = [], 0, []
     for di, d in enumerate(dialogs):
         if d.image_id not in feats:
             n_skipped += 1
@@ -364,8 +402,12 @@ def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[
                 flat.append(s)
                 if rnd.gt_index is not None:
                     ranks.append(int(target_ranks(s[None], torch.tensor([rnd.gt_index]))[0]))
-            history += [_question(rnd.question), f"A: {rnd.answer}"]
-    out: dict[str, float] = {"rounds": len(ranks), "skipped_dialogs": n_skipped}
+                if return_ranks:
+                    image_id = int(d.image_id) if d.image_id.isdigit() else d.image_id
+                    submission.append({"image_id": image_id, "round_id": r + 1, "ranks": option_ranks(s)})
+            if rnd.answer is not None:
+                history += [_question(rnd.question), f"A: {rnd.answer}"]
+    out: dict = {"rounds": len(flat), "gt_rounds": len(ranks), "skipped_dialogs": n_skipped}
     if ranks:
         out |= rank_metrics(torch.tensor(ranks), ks)
     if dense:
@@ -387,12 +429,15 @@ def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[
         if rows:
             out["NDCG"] = ndcg(torch.stack(rows), torch.stack(rels))
             out["dense_rounds"] = len(rows)
+    if return_ranks:
+        out["submission"] = submission
     return out
 
 
 def dialogue_text(d: VisDialDialog, rounds: int = 10) -> str:
-    """``"Q: q_1? A: a_1. Q: q_2? A: a_2. ..."`` over the first ``rounds`` rounds (the original's format)."""
-    return " ".join(f"{_question(r.question)} A: {r.answer}." for r in d.rounds[:rounds])
+    """``"Q: q_1? A: a_1. Q: q_2? A: a_2. ..."`` over the answered rounds among the first ``rounds``
+    (the original's format); an unanswered round (test) is left out. "" when none is answered."""
+    return " ".join(f"{_question(r.question)} A: {r.answer}." for r in d.rounds[:rounds] if r.answer is not None)
 
 
 @inference
@@ -401,13 +446,17 @@ def visdial_image_retrieval(model, dialogs: list[VisDialDialog], images: Mapping
                             batch_size: int = 16) -> dict:
     """Dialogue -> image retrieval among the dialogues' own images (VisDial "T2I").
 
-    Text side: :func:`dialogue_text` followed by [RET]. Corrected: for each dialogue, rank all
-    images by cosine. ``faithful_to_original``: for each *image* rank all dialogues by
-    ``v · t̂`` with v unnormalised (what the original computed under the T2I label).
+    Text side: :func:`dialogue_text` (answered rounds only) followed by [RET]. Corrected: for each
+    dialogue, rank all images by cosine. ``faithful_to_original``: for each *image* rank all
+    dialogues by ``v · t̂`` with v unnormalised (what the original computed under the T2I label).
+    Dialogues whose image is missing are counted in ``skipped``; those without an answered round
+    (a test dialog at round 1) in ``no_answered_rounds``.
     """
-    kept = [d for d in dialogs if d.image_id in images]
+    with_image = [d for d in dialogs if d.image_id in images]
+    kept = [d for d in with_image if dialogue_text(d, rounds)]
     if not kept:
-        raise FromageError("no dialogue has its image available")
+        raise FromageError("no dialogue has its image available" if not with_image
+                           else "no dialogue with its image has an answered round")
     feats = compute_features(model, {d.image_id: images[d.image_id] for d in kept}, squash=faithful_to_original)
     t = F.normalize(text_vectors(model, [dialogue_text(d, rounds) for d in kept], batch_size=batch_size), dim=-1)
     v = image_vectors(model, torch.stack([feats[d.image_id] for d in kept]))
@@ -416,7 +465,8 @@ def visdial_image_retrieval(model, dialogs: list[VisDialDialog], images: Mapping
     else:
         scores, direction = (t @ F.normalize(v, dim=-1).T).cpu(), "dialogue->image"
     ranks = target_ranks(scores, torch.arange(len(kept)))
-    out = {"n": len(kept), "skipped": len(dialogs) - len(kept), "direction": direction}
+    out = {"n": len(kept), "skipped": len(dialogs) - len(with_image),
+           "no_answered_rounds": len(with_image) - len(kept), "direction": direction}
     return out | {name: val for name, val in rank_metrics(ranks, ks).items() if name.startswith("R@")}
 
 
@@ -431,7 +481,7 @@ def _run(args) -> int:
         pairs = read_pairs(args.pairs, args.image_root, skip_log=skips, allow_outside_root=outside)[: args.limit]
         good = readable_images([p for _, p in pairs], skips)
         pairs = [(c, p) for c, p in pairs if p in good]
-        result = recall_at_k_dataset(model, pairs, ks, batch_size=args.batch_size)
+        result = recall_at_k_dataset(model, pairs, ks, batch_size=args.batch_size, progress=True)
     elif args.task == "vist":
         if args.stories:
             stories, paths = read_story_list(args.stories, image_root=args.images, skip_log=skips,
@@ -449,6 +499,8 @@ def _run(args) -> int:
         result = contextual_retrieval(model, stories, paths, n_captions=args.captions, n_images=args.context_images,
                                       ks=ks, faithful_to_original=faithful, batch_size=args.batch_size)
     else:
+        if args.submission and args.part == "retrieval":
+            raise FromageError("--submission needs the answer ranking (--part answers or both)")
         dialogs = read_visdial(args.data)[: args.limit]
         found = find_images(args.images)
         paths = {d.image_id: found[d.image_id] for d in dialogs if d.image_id in found}
@@ -457,8 +509,16 @@ def _run(args) -> int:
         result = {}
         if args.part in ("answers", "both"):
             dense = read_visdial_dense(args.dense) if args.dense else None
-            result["answers"] = visdial_answer_ranking(model, dialogs, paths, dense, ks=ks,
-                                                       faithful_to_original=faithful, batch_size=args.batch_size)
+            answers = visdial_answer_ranking(model, dialogs, paths, dense, ks=ks, faithful_to_original=faithful,
+                                             batch_size=args.batch_size, return_ranks=bool(args.submission))
+            if args.submission:
+                write_json(args.submission, answers.pop("submission"))
+            if not answers["gt_rounds"]:  # a test split: say so rather than print bare counts
+                then = (f"ranks written to {args.submission}" if args.submission
+                        else "add --submission OUT.json to write the ranks for EvalAI")
+                print(f"visdial: {args.data} has no ground-truth answers (a test split?): {answers['rounds']} "
+                      f"rounds ranked, no R@k/MRR/NDCG; {then}", file=sys.stderr)
+            result["answers"] = answers
         if args.part in ("retrieval", "both"):
             result["retrieval"] = visdial_image_retrieval(model, dialogs, paths, ks=ks,
                                                           faithful_to_original=faithful)
@@ -512,4 +572,7 @@ def register(sub):
     d.add_argument("--dense", help="visdial_1.0_val_dense_annotations.json (for NDCG)")
     d.add_argument("--images", required=True, help="VisualDialog_val2018 image folder")
     d.add_argument("--part", choices=["answers", "retrieval", "both"], default="both")
+    d.add_argument("--submission", metavar="OUT.json",
+                   help="write the challenge (EvalAI) ranks: a list of {image_id, round_id, ranks}, one per "
+                        "ranked round (test: each dialog's unanswered last round; val: every round)")
     p.set_defaults(func=_run)
