@@ -76,7 +76,7 @@ class Dialogue:
         except Exception:
             self.turns = kept  # a failed turn leaves the conversation as it was
             raise
-        turn.append(result.text + "\n")
+        self.turns[-1].append(result.text + "\n")  # the current turn (``_fit`` may have rebuilt it)
         return result
 
     def _fit(self) -> None:
@@ -96,7 +96,7 @@ class Dialogue:
             old = self.turns.pop(0)
             images = [x for x in old if not isinstance(x, str)]
             if images and not any(not isinstance(x, str) for t in self.turns for x in t):
-                self.turns[0].insert(0, images[-1])  # keep the image still being discussed
+                self.turns[0] = [images[-1]] + self.turns[0]  # keep the image still being discussed
             dropped += 1
         if dropped:
             self.notes.append(f"dropped the {dropped} oldest turn{'s' * (dropped > 1)} to fit the LM's "

@@ -114,3 +114,12 @@ def test_a_question_ending_in_ret_is_answered_with_an_image(toy):
     result = chat.ask("show me a small red circle [RET]")
     assert result.retrievals and result.retrievals[0].ids  # the typed [RET] retrieved
     assert chat.history[0] == "Q: show me a small red circle\nA: [RET]"
+
+
+def test_a_long_question_after_an_image_keeps_the_image_and_its_answer(toy):
+    img = Image.new("RGB", (64, 64), "blue")
+    chat = Dialogue(toy, max_new_tokens=8)
+    chat.ask("what colour?", image=img)
+    result = chat.ask("and " + "is it big " * 75 + "?")  # fits alone, but not after the first turn
+    assert chat.notes and chat.history[0] is img  # the image moved into the question that remains
+    assert chat.history[-1] == result.text + "\n"  # and the answer joined the history

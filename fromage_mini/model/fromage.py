@@ -110,7 +110,7 @@ class Fromage(nn.Module):
             for name, child in self.named_children():  # a quantised LM was placed by its loader
                 if not (name == "lm" and config.lm_dtype in QUANTIZED_DTYPES):
                     child.to(device)
-            for p in (self.ret_embedding, self.ret_output, self.logit_scale):
+            for p in (self.ret_embedding, self.ret_output, self.cell_embedding, self.logit_scale):
                 if p is not None:
                     p.data = p.data.to(device)
 
