@@ -136,7 +136,7 @@ class FromageConfig:
             self.n_visual_tokens = self.grid_size ** 2  # one LM token per cell
 
     @property
-    def feature_shape(self) -> str:
+    def feature_kind(self) -> str:
         """What one image's cached feature is: "pooled" (D,) or "pooled+grid<g>@<layer>" (1 + g², D)."""
         return "pooled" if self.visual_prefix == "pooled" else f"pooled+grid{self.grid_size}@{self.grid_layer}"
 

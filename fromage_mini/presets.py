@@ -27,15 +27,6 @@ PRESETS: dict[str, tuple[dict, dict]] = {
              val_every=1000,
              caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
     ),
-    "toy-grid": (
-        dict(lm=f"{SAMPLES}/toy_lm", vision=f"{SAMPLES}/toy_clip", visual_prefix="grid", grid_size=3,
-             projector="mlp", image_layout="after_bos", ret_init_text=" summary", ret_dim=256, max_len=48,
-             concat_prob=0.0),
-        dict(train_data=f"{SAMPLES}/shapesworld/train.tsv", val_data=f"{SAMPLES}/shapesworld/val.tsv",
-             batch_size=128, lr=2e-3, warmup_steps=100, lr_decay="cosine", max_steps=300, max_seconds=100,
-             val_every=1000,
-             caption_eval=500, caption_metric="shapesworld", log_every=25, ckpt_every=200, center_heads=True),
-    ),
     "smollm2": (
         dict(lm=SMOLLM2, vision=f"{SAMPLES}/toy_clip",
              n_visual_tokens=4, image_layout="after_bos", ret_dim=256, max_len=48, concat_prob=0.0),
@@ -54,6 +45,9 @@ PRESETS: dict[str, tuple[dict, dict]] = {
              lr=3e-4, max_steps=20_000, val_every=2000, caption_eval=100),
     ),
 }
+# toy-grid: the toy preset with the grid visual prefix (3x3 cells of the toy CLIP's patch tokens, MLP projector)
+PRESETS["toy-grid"] = ({**PRESETS["toy"][0], "visual_prefix": "grid", "grid_size": 3, "projector": "mlp"},
+                       dict(PRESETS["toy"][1]))
 
 
 def resolve(preset: str, overrides: dict | None = None) -> tuple[FromageConfig, TrainConfig]:

@@ -51,8 +51,7 @@ def feature_fingerprint(model) -> str:
     """:func:`vision_fingerprint` of the model's tower plus what is cached per image (pooled, or
     pooled + grid of a given size and layer), so a pooled cache is never read as a grid one."""
     cfg = model.config
-    what = getattr(cfg, "feature_shape", "pooled")
-    name = cfg.vision if what == "pooled" else f"{cfg.vision}|{what}"
+    name = cfg.vision if cfg.feature_kind == "pooled" else f"{cfg.vision}|{cfg.feature_kind}"
     return vision_fingerprint(model.vision, model.image_processor, name)
 
 
@@ -120,7 +119,7 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
     folder = Path(folder)
     fp = feature_fingerprint(model)
     info = {"format": FORMAT, "fingerprint": fp, "vision": model.config.vision, "dim": model.vis_dim,
-            "features": getattr(model.config, "feature_shape", "pooled"), "shards": [], "complete": False,
+            "features": model.config.feature_kind, "shards": [], "complete": False,
             "skips": {}}
     if (folder / "index.json").exists():
         old = read_json(folder / "index.json")
@@ -217,13 +216,14 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
         raise FromageError(f"no {split} data given (set {split}_data)")
     spec = resolve(spec)
     fp = feature_fingerprint(model)
+    image_root = resolve(str(image_root)) if image_root else None  # one resolved folder for the key and the reader
     data_key = source_fingerprint(spec, allow_outside_root=allow_outside_root, image_root=image_root)
     folder = Path(resolve(str(cache_root))) / fp / f"{split}-{Path(spec.rstrip('/')).stem[:40]}-{data_key}"
     skips = SkipLog()
     with os_errors("build the feature cache"):
         if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
             return FeatureCache(folder)
-        extra = {"image_root": resolve(str(image_root))} if image_root else {}
+        extra = {"image_root": image_root} if image_root else {}
         samples = open_reader(spec, skip_log=skips, allow_outside_root=allow_outside_root, **extra)
         try:
             cache = build_cache(folder, samples, model, skip_log=skips, progress=True)

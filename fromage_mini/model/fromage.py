@@ -106,11 +106,15 @@ class Fromage(nn.Module):
             twice = " (x2: concat_prob > 0)" if pairs else ""
             raise FromageError(f"max_len {config.max_len} + {k} visual tokens{twice} = {longest} positions, "
                                f"more than the LM's {self.max_positions}; lower max_len")
-        if not any(p.is_meta for p in self.parameters()):
-            for name, child in self.named_children():  # a quantised LM was placed by its loader
-                if not (name == "lm" and config.lm_dtype in QUANTIZED_DTYPES):
+        if any(p.is_meta for p in self.parameters()):
+            return
+        if config.lm_dtype not in QUANTIZED_DTYPES:
+            self.to(device)
+        else:  # the quantised LM was placed on the GPU by its loader: move everything else
+            for name, child in self.named_children():
+                if name != "lm":
                     child.to(device)
-            for p in (self.ret_embedding, self.ret_output, self.cell_embedding, self.logit_scale):
+            for p in self._parameters.values():  # the adapters held directly ([RET] rows, cells, scale)
                 if p is not None:
                     p.data = p.data.to(device)
 
@@ -226,8 +230,12 @@ class Fromage(nn.Module):
 
         Training (:meth:`caption_inputs`) and every inference prompt (``infer.generate``) follow it.
         """
-        has_bos = self.tokenizer is None or self.tokenizer.bos_token_id is not None
-        return has_bos and self.config.image_layout == "after_bos"
+        return self.has_bos and self.config.image_layout == "after_bos"
+
+    @property
+    def has_bos(self) -> bool:
+        """Whether captions start with a BOS token (assumed when there is no tokenizer)."""
+        return self.tokenizer is None or self.tokenizer.bos_token_id is not None
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, d) LM input embeddings, with [RET] spliced in from its own parameter."""
@@ -362,13 +370,12 @@ class Fromage(nn.Module):
         mode). Unlike the original, the second example's BOS is dropped, so the row reads like
         one text with two images in it. An odd last row stays on its own.
         """
-        has_bos = self.tokenizer is None or self.tokenizer.bos_token_id is not None
         bos_at = 0 if self.bos_before_image else self.config.n_visual_tokens  # where BOS sits in a row
         keep = mask == 1
         xs, ls = [], []
         for i in range(0, x.shape[0] - 1, 2):
             a, b = keep[i].clone(), keep[i + 1].clone()
-            if has_bos:
+            if self.has_bos:
                 b[bos_at] = False  # drop the second BOS
             xs.append(torch.cat([x[i][a], x[i + 1][b]]))
             ls.append(torch.cat([labels[i][a], labels[i + 1][b]]))
