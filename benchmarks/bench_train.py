@@ -2,6 +2,12 @@
 
     python benchmarks/bench_train.py --lm opt-125m --vision vit-b/32 --batch 32          # CPU
     python benchmarks/bench_train.py --lm opt-6.7b --vision vit-l/14 --batch 180 --device cuda
+    python benchmarks/bench_train.py --modes ours,grid --grid 3                          # pooled vs grid prefix
+
+Mode ``grid`` is ours with the grid visual prefix (G x G cell tokens from ``--grid``, MLP projector),
+reading cached (1 + G², D) features; interleaved with ``ours`` (the pooled prefix) its step time is
+compared under the same load. The result records each mode's feature-cache size per image (fp16, as
+the trainer caches).
 
 Random-weight backbones built from configs (nothing downloaded). Repetitions are interleaved
 (ours, original, ours, original, ...) so drift in machine load hits both; the ratio is reported
@@ -60,7 +66,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per repetition")
-    ap.add_argument("--modes", default="ours,original", help="comma list of ours, original, live")
+    ap.add_argument("--modes", default="ours,original", help="comma list of ours, original, live, grid")
+    ap.add_argument("--grid", type=int, default=3, help="cells per side for mode grid")
     ap.add_argument("--name", default=None)
     ap.add_argument("--len-mean", type=float, default=None, help="draw caption lengths (see module doc)")
     ap.add_argument("--no-pack", action="store_true", help="ours without sequence packing")
@@ -85,15 +92,18 @@ def main(argv=None):
     rows = torch.arange(B, device=dev)
     mean_len = float(n.float().mean())
     px = torch.randn(B, 3, vis.config.image_size, vis.config.image_size, device=dev, dtype=dtype)
-    feats = torch.randn(B, vis.config.hidden_size, device=dev)
+    D = vis.config.hidden_size
+    feats = torch.randn(B, D, device=dev)
+    grid_feats = torch.randn(B, 1 + a.grid ** 2, D, device=dev)  # pooled row + G² cells
     sync = torch.cuda.synchronize if gpu else None
 
     modes = a.modes.split(",")
 
-    def our_step(**inputs):
+    def our_step(prefix=None, **inputs):
         """One optimizer step of our trainer on this batch; ``inputs``: features= or pixel_values=."""
-        model = Fromage(FromageConfig(lm="random", vision="random", n_visual_tokens=a.k, concat_prob=0.0,
-                                      pack_sequences=not a.no_pack), lm=lm, vision=vis).to(dev)
+        prefix = prefix or dict(n_visual_tokens=a.k)
+        model = Fromage(FromageConfig(lm="random", vision="random", concat_prob=0.0,
+                                      pack_sequences=not a.no_pack, **prefix), lm=lm, vision=vis).to(dev)
         our_ids = ids.clone()
         our_ids[rows, last] = model.ret_id
         params = [p for p in model.parameters() if p.requires_grad]
@@ -117,6 +127,10 @@ def main(argv=None):
     runners = {}
     if "ours" in modes:
         runners["ours"] = (our_step(features=feats), our_flops)
+    if "grid" in modes:  # the same step with G² cell tokens as the visual prefix
+        g2 = a.grid ** 2
+        runners["grid"] = (our_step(dict(visual_prefix="grid", grid_size=a.grid, projector="mlp"), features=grid_feats),
+                           lm_flops_per_token(lm) * (2 * (mean_len + g2) + mean_len))
     if "live" in modes:  # ours, but the vision tower runs on pixels every step (no feature cache)
         runners["live"] = (our_step(pixel_values=px), our_flops + vision_flops(vis))
     if "original" in modes:
@@ -166,16 +180,20 @@ def main(argv=None):
         res["modes"][m] = {"ms_per_step": spread(ms), "samples_per_s": spread(sps),
                            "tflops": spread(tflops),
                            "mfu": (spread([t * 1e12 / peak for t in tflops]) if peak else None),
-                           "peak_gpu_mem_gib": mem.get(m)}
+                           "peak_gpu_mem_gib": mem.get(m),
+                           "feature_cache_bytes_per_image": 2 * (grid_feats if m == "grid" else feats)[0].numel()}
         res["modes"][m]["cc3m_epoch_hours"] = 3.3e6 / res["modes"][m]["samples_per_s"]["median"] / 3600
     if "ours" in times and "original" in times:
         res["speedup_ours_over_original"] = spread([o / u for o, u in zip(times["original"], times["ours"])])
+    if "ours" in times and "grid" in times:
+        res["grid_step_over_pooled"] = spread([g / u for g, u in zip(times["grid"], times["ours"])])
     if "ours" in times and "live" in times:
         res["speedup_cached_over_live"] = spread([v / u for v, u in zip(times["live"], times["ours"])])
     res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     name = a.name or (f"train_{a.lm}_{a.vision.replace('/', '')}_b{B}_{dev.type}"
                       + (f"_len{a.len_mean:g}" if a.len_mean else "") + ("_nopack" if a.no_pack else "")
-                      + ("_" + a.modes.replace(",", "-") if a.modes != "ours,original" else ""))
+                      + ("_" + a.modes.replace(",", "-") if a.modes != "ours,original" else "")
+                      + (f"{a.grid}" if "grid" in modes else ""))
     path = write_result(name, res)
     print_table(res)
     print(f"wrote {path}")
@@ -194,16 +212,21 @@ def timed_steps(fn, n, sync) -> float:
 
 
 def print_table(res):
-    print("\n| mode | ms/step | samples/s | TFLOP/s | MFU | peak GPU GiB | CC3M epoch (h) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| mode | ms/step | samples/s | TFLOP/s | MFU | peak GPU GiB | CC3M epoch (h) | cache KiB/image |")
+    print("|---|---|---|---|---|---|---|---|")
     for m, r in res["modes"].items():
         mfu = f"{r['mfu']['median']:.1%}" if r["mfu"] else "n/a"
         memg = f"{r['peak_gpu_mem_gib']:.1f}" if r["peak_gpu_mem_gib"] else "n/a"
         print(f"| {m} | {r['ms_per_step']['median']:.0f} | {r['samples_per_s']['median']:.1f} | "
-              f"{r['tflops']['median']:.3f} | {mfu} | {memg} | {r['cc3m_epoch_hours']:.1f} |")
+              f"{r['tflops']['median']:.3f} | {mfu} | {memg} | {r['cc3m_epoch_hours']:.1f} | "
+              f"{r['feature_cache_bytes_per_image'] / 1024:.1f} |")
     if "speedup_ours_over_original" in res:
         s = res["speedup_ours_over_original"]
         print(f"\nspeed-up ours/original: median {s['median']:.2f}x "
+              f"(min {s['min']:.2f}, max {s['max']:.2f}, n={s['n']})")
+    if "grid_step_over_pooled" in res:
+        s = res["grid_step_over_pooled"]
+        print(f"\ngrid step / pooled step: median {s['median']:.2f}x "
               f"(min {s['min']:.2f}, max {s['max']:.2f}, n={s['n']})")
     if "speedup_cached_over_live" in res:
         s = res["speedup_cached_over_live"]

@@ -1,6 +1,6 @@
 """Question answering about ShapesWorld validation images with the shipped toy model, per question type.
 
-    python benchmarks/toy_dialogue.py [--n 150]
+    python benchmarks/toy_dialogue.py [--model data_samples/toy_fromage] [--n 150] [--name toy_dialogue]
 
 Two prompt strategies: ``image``: [image, "Q: …\\nA:"] (the original's dialogue format), and
 ``caption-first``: [image, <the model's own greedy caption>, "\\nQ: …\\nA:"], which matches the
@@ -28,6 +28,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="data_samples/toy_fromage")
     ap.add_argument("--n", type=int, default=150)
+    ap.add_argument("--name", default="toy_dialogue", help="results file name (benchmarks/results/NAME.json)")
     a = ap.parse_args(argv)
     m = Fromage.from_pretrained(a.model).eval()
     root = DATA_SAMPLES / "shapesworld"
@@ -51,7 +52,7 @@ def main(argv=None):
         tot = [sum(v[0] for v in st.values()), sum(v[1] for v in st.values())]
         res[strategy]["all"] = round(tot[0] / tot[1], 3)
         print(strategy, json.dumps(res[strategy]))
-    write_result("toy_dialogue", res)
+    write_result(a.name, {"model": a.model, "n": a.n, **res})
 
 
 if __name__ == "__main__":
