@@ -2,7 +2,7 @@
 
     python benchmarks/grid_limits.py [--model data_samples/toy_fromage_grid] [--n 200] [--filler-steps 150]
 
-1. Probes (``fromage_mini.toyworld.binding.linear_probe``): a logistic probe per attribute reads each
+1. Probes (``fromage_mini.eval.binding.linear_probe``): a logistic probe per attribute reads each
    occupied cell's colour, shape and size from (a) the cached grid cell tokens (what the frozen tower
    gives the projector) and (b) the projected cell tokens (what the LM receives: projector output +
    the learned cell vector). Trained on the 2,000 training images, scored on the 500 validation images.
@@ -27,8 +27,8 @@ from common import write_result  # noqa: E402
 
 from fromage_mini import Fromage  # noqa: E402
 from fromage_mini.data.cache import cached_split  # noqa: E402
+from fromage_mini.eval.binding import SLOTS, PerfectTokens, cell_labels, linear_probe  # noqa: E402
 from fromage_mini.paths import DATA_SAMPLES  # noqa: E402
-from fromage_mini.toyworld.binding import SLOTS, PerfectTokens, cell_labels, linear_probe  # noqa: E402
 from fromage_mini.toyworld.captions import canonical_caption  # noqa: E402
 from fromage_mini.toyworld.metrics import score_captions  # noqa: E402
 

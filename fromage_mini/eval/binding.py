@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .captions import canonical_caption, compound
-from .corpus import summary
-from .world import CELLS, COLOURS, SHAPES, SIZES
+from ..model.backbones import cache_kwarg, kv_cache
+from ..toyworld.captions import canonical_caption, compound
+from ..toyworld.corpus import summary
+from ..toyworld.world import CELLS, COLOURS, SHAPES, SIZES
 
 ATTRIBUTES = {"colour": COLOURS, "shape": SHAPES, "size": SIZES}
 SLOTS = 3  # object word, place word, ","
@@ -95,19 +96,28 @@ class PerfectTokens:
 
     @torch.no_grad()
     def captions(self, prefixes: list[tuple[torch.Tensor, torch.Tensor]], max_new_tokens: int = 40) -> list[str]:
-        """Greedy continuation of each (embeddings, mask) prefix up to the first ".", one at a time."""
+        """Greedy continuation of each (embeddings, mask) prefix up to the first "." (KV cache; prefixes
+        of equal length run as one batch)."""
         stop = self.ids(".")[-1]
-        out = []
-        for emb, mask in prefixes:
-            emb, mask, ids = emb[None], mask[None], []
+        out: list[str] = [""] * len(prefixes)
+        by_len: dict[int, list[int]] = {}
+        for i, (emb, _) in enumerate(prefixes):
+            by_len.setdefault(emb.shape[0], []).append(i)
+        for idx in by_len.values():
+            emb = torch.stack([prefixes[i][0] for i in idx])  # (B, T, d)
+            mask = torch.stack([prefixes[i][1] for i in idx])  # (B, T)
+            ids = torch.zeros(len(idx), 0, dtype=torch.long)
+            past, kw = None, cache_kwarg(self.lm)
             for _ in range(max_new_tokens):
-                nxt = int(self.lm(inputs_embeds=emb, attention_mask=mask).logits[0, -1].argmax())
-                ids.append(nxt)
-                if nxt == stop:
+                res = self.lm(inputs_embeds=emb, attention_mask=mask, use_cache=True, **{kw: past})
+                past, nxt = kv_cache(res), res.logits[:, -1].argmax(-1)  # (B,)
+                ids = torch.cat([ids, nxt[:, None]], 1)
+                if (ids == stop).any(1).all():
                     break
-                emb = torch.cat([emb, self.E[nxt][None, None]], 1)
-                mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
-            out.append(self.tok.decode(ids).split(".")[0].strip() + ".")
+                emb, mask = self.E[nxt][:, None], torch.cat([mask, mask.new_ones(len(idx), 1)], 1)
+            for row, i in zip(ids.tolist(), idx):
+                row = row[: row.index(stop) + 1] if stop in row else row
+                out[i] = self.tok.decode(row).split(".")[0].strip() + "."
         return out
 
     def learn_filler(self, scenes: list[dict], steps: int, batch: int = 64, lr: float = 1e-2, seed: int = 0):
