@@ -14,6 +14,7 @@ from fromage_mini.infer import scoring
 from fromage_mini.infer.generate import (
     IMAGE,
     TensorIndex,
+    add_generation_args,
     attach,
     build_inputs,
     caption,
@@ -223,6 +224,32 @@ def test_ret_scale_factor_raises_p_ret_even_for_negative_logit(models):
     finally:
         with torch.no_grad():
             row.copy_(saved)
+
+
+def test_original_ret_scale_rule_multiplies_the_raw_logit_before_the_temperature(models):
+    logits = torch.tensor([1.0, 0.5, -2.0, 3.0])  # [RET] is id 2, negative logit
+    out = next_token_logits(logits, 2, ret_scale_factor=1.5, temperature=0.5, ret_scale_rule="original")
+    torch.testing.assert_close(out, torch.tensor([2.0, 1.0, -6.0, 6.0]))  # (-2 * 1.5) / 0.5 = -6
+    # a positive [RET] logit: both rules raise it, by different amounts
+    pos = torch.tensor([1.0, 0.5, 2.0])
+    orig = next_token_logits(pos, 2, ret_scale_factor=1.3, ret_scale_rule="original")
+    odds = next_token_logits(pos, 2, ret_scale_factor=1.3)
+    assert orig[2].item() == pytest.approx(2.6) and odds[2].item() == pytest.approx(2.0 + math.log(1.3))
+    assert next_token_logits(pos, 2, ret_scale_factor=0.0, ret_scale_rule="original")[2] == float("-inf")
+    with pytest.raises(ValueError, match="ret_scale_rule"):
+        next_token_logits(pos, 2, ret_scale_rule="multiply")
+
+    # end to end through generate() and the command-line options
+    m = models()
+    f = feats(m, 1)
+    base = generate(m, [f[0], "a red"], max_new_tokens=6, ret_scale_factor=1.0, stop=())
+    again = generate(m, [f[0], "a red"], max_new_tokens=6, ret_scale_factor=1.0, stop=(), ret_scale_rule="original")
+    assert base.ids == again.ids  # factor 1: the two rules agree
+    p = argparse.ArgumentParser()
+    add_generation_args(p)
+    assert p.parse_args(["--ret-scale-rule", "original"]).ret_scale_rule == "original"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown rule in one line
+        p.parse_args(["--ret-scale-rule", "multiply"])
 
 
 def test_stops_at_eos_and_at_the_stop_string(models, monkeypatch):

@@ -309,21 +309,34 @@ def pad_batch(inputs: list[PromptInputs]):
 
 # ---------------------------------------------------------------------------------------------
 # one decoding step
+RET_SCALE_RULES = ("odds", "original")
+
+
 def next_token_logits(logits: torch.Tensor, ret_id: int, *, temperature: float = 0.0,
-                      ret_scale_factor: float = 1.0, forbid_ret: bool = False) -> torch.Tensor:
+                      ret_scale_factor: float = 1.0, forbid_ret: bool = False,
+                      ret_scale_rule: str = "odds") -> torch.Tensor:
     """(V',) raw logits -> the logits a token is drawn from.
 
-    Divide by ``temperature`` (if > 0), then add ``log(ret_scale_factor)`` to the [RET] logit:
-    the odds of [RET] against every other token are multiplied by exactly ``ret_scale_factor``,
-    whatever the sign of its logit (factor 0 forbids [RET]). ``forbid_ret``: [RET] gets -inf.
+    ``ret_scale_rule="odds"`` (ours): divide by ``temperature`` (if > 0), then add
+    ``log(ret_scale_factor)`` to the [RET] logit: the odds of [RET] against every other token are
+    multiplied by exactly ``ret_scale_factor``, whatever the sign of its logit (factor 0 forbids
+    [RET]). ``"original"``: the released code's rule, reproduced for comparing with its outputs:
+    the raw [RET] logit is multiplied by the factor, before the temperature (so a factor > 1
+    *lowers* a negative logit). ``forbid_ret``: [RET] gets -inf.
     """
     if ret_scale_factor < 0:
         raise ValueError("ret_scale_factor must be >= 0")
-    out = logits.float() / temperature if temperature > 0 else logits.float().clone()
+    if ret_scale_rule not in RET_SCALE_RULES:
+        raise ValueError(f"ret_scale_rule must be one of {', '.join(RET_SCALE_RULES)}, not {ret_scale_rule!r}")
+    out = logits.float().clone()
+    if ret_scale_rule == "original" and ret_scale_factor != 1:
+        out[..., ret_id] *= ret_scale_factor  # z_RET <- factor * z_RET (raw logit)
+    if temperature > 0:
+        out = out / temperature
     if forbid_ret or ret_scale_factor == 0:
         out[..., ret_id] = float("-inf")
-    elif ret_scale_factor != 1:
-        out[..., ret_id] += math.log(ret_scale_factor)
+    elif ret_scale_rule == "odds" and ret_scale_factor != 1:
+        out[..., ret_id] += math.log(ret_scale_factor)  # z_RET <- z_RET + log(factor)
     return out
 
 
@@ -389,7 +402,7 @@ class _Retriever:
 def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              ret_scale_factor: float = 1.0, min_tokens_before_ret: int = 0, stop=("\n",), index=None,
              max_retrievals: int = 1, images_per_ret: int = 1, exclude=None,
-             seed: int | None = None) -> GenerationResult:
+             seed: int | None = None, ret_scale_rule: str = "odds") -> GenerationResult:
     """Continue an interleaved prompt with text and retrieved images.
 
     Args:
@@ -404,6 +417,9 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
             factor (``log(factor)`` is added to the [RET] logit after the temperature), so a
             factor > 1 always makes [RET] more likely. The original multiplied the raw logit,
             which lowers P([RET]) when the logit is negative.
+        ret_scale_rule: ``"odds"`` (the rule above) or ``"original"`` (multiply the raw [RET]
+            logit by the factor, as the released code did; use it to reproduce that code's outputs
+            with its factors, e.g. 1.3 in its example notebook).
         min_tokens_before_ret: [RET] is forbidden for the first this-many generated tokens.
         stop: stop once the generated text contains one of these strings after some other text
             (a leading one is skipped, as in the original); the text is cut before it. Decoding
@@ -458,7 +474,8 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
 
     for step in range(max_new_tokens):
         scores = next_token_logits(logits[0, -1], ret_id, temperature=temperature,
-                                   ret_scale_factor=ret_scale_factor, forbid_ret=step < min_tokens_before_ret)
+                                   ret_scale_factor=ret_scale_factor, forbid_ret=step < min_tokens_before_ret,
+                                   ret_scale_rule=ret_scale_rule)
         token = pick_token(scores, temperature, top_p, gen)
         if token == eos:
             result.stop_reason = "eos"
@@ -548,6 +565,7 @@ GENERATION_OPTIONS = {
     "temperature": (float, "0 = greedy; otherwise sample from softmax(logits / temperature)"),
     "top_p": (float, "sample only from the nucleus of this probability"),
     "ret_scale_factor": (float, "multiply the odds of [RET] against every other token by this"),
+    "ret_scale_rule": (str, "odds (ours) or original (multiply the raw [RET] logit, as the released code)"),
     "max_retrievals": (int, "only the first this-many [RET]s search the index"),
     "images_per_ret": (int, "images returned for each [RET]"),
     "seed": (int, "seed for sampling (reproducible answers)"),
@@ -560,7 +578,9 @@ def add_generation_args(parser) -> None:
 
     defaults = inspect.signature(generate).parameters
     for name, (kind, text) in GENERATION_OPTIONS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name].default, help=text)
+        choices = RET_SCALE_RULES if name == "ret_scale_rule" else None
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name].default, help=text,
+                            choices=choices)
 
 
 def generation_kwargs(args) -> dict:
