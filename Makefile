@@ -39,8 +39,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fromage-mini train --preset toy --out $(OUT) --overwrite
 
-# unit tests and strict nbval of every notebook, in one pytest run (exit 5 = nothing ran = failure)
+# unit tests (the browser test included: it needs Chromium, installed here when missing and run as
+# root) and strict nbval of every notebook, in one pytest run (exit 5 = nothing ran = failure)
 test: $(STAMP)
+	sh scripts/ensure_chromium.sh
 	$(PINNED) $(BIN)/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
 # re-execute every notebook in place (stores fresh outputs), printing each one's wall time
@@ -63,12 +65,14 @@ test-latest:
 	$(LATEST)/bin/pip freeze | grep -iE '^(torch|transformers|tokenizers|huggingface.hub|datasets|numpy|pillow|nbval|jupyterlab|ipywidgets|accelerate)==' | tee $(LATEST)/versions.txt
 	$(PINNED) $(LATEST)/bin/python -m pytest -q --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
-# Regenerate the lock after changing dependencies in pyproject.toml (or to move the course to newer
-# releases on purpose): pip-tools resolves pyproject.toml + requirements/course.in, then
-# environment.yml is rewritten with the same pins.
+# Regenerate the lock after changing dependencies in pyproject.toml: pip-tools resolves pyproject.toml +
+# requirements/course.in, keeping every existing pin it can (only what the change needs moves); then
+# environment.yml is rewritten with the same pins. `make lock UPGRADE=1` moves the course to the newest
+# releases allowed, on purpose.
+UPGRADE :=
 lock:
 	test -x .venv-lock/bin/pip-compile || ($(PY) -m venv .venv-lock && .venv-lock/bin/pip install --quiet --upgrade pip pip-tools)
-	.venv-lock/bin/pip-compile --quiet --upgrade --allow-unsafe --strip-extras --extra dev --extra photos --extra cc3m \
+	.venv-lock/bin/pip-compile --quiet $(if $(UPGRADE),--upgrade) --allow-unsafe --strip-extras --extra dev --extra photos --extra cc3m \
 		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 		-o $(LOCK) pyproject.toml requirements/course.in
 	$(PY) scripts/sync_lock.py

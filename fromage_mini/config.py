@@ -188,6 +188,7 @@ class TrainConfig:
     ret_renorm: bool = False  # after every step rescale [RET]'s input row to the vocabulary's mean norm (original)
     image_root: str | None = None  # folder a TSV's image paths are relative to (default: the TSV's folder)
     allow_outside_root: bool = False  # read image paths leading outside that folder (.., absolute, symlinks)
+    gallery: bool = True  # at the end, draw gallery.png: captions and retrievals of the best checkpoint
 
     def __post_init__(self):
         if self.lr_decay is None:  # `--set lr_decay=none` arrives as None
@@ -228,6 +229,7 @@ _TRAIN_RULES = {
     "ckpt_every": _int(1), "seed": _int(), "device": ("str", bool, "auto, cpu, cuda, cuda:N or mps"),
     "precision": _choice("auto", "bf16", "fp32"), "center_heads": _BOOL, "ret_renorm": _BOOL,
     "image_root": ("str", bool, "a folder"), "allow_outside_root": _BOOL,
+    "gallery": _BOOL,
 }
 
 

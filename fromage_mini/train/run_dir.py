@@ -5,6 +5,7 @@
     <out>/checkpoints/step_N/      adapters (``save_pretrained``) + optimizer state, step, data position, RNG
     <out>/last.json, best.json     pointers to the newest and the best checkpoint (by val t2i R@1)
     <out>/metrics.json, curves.png written at the end
+    <out>/gallery.png              also at the end: captions and retrievals of the best checkpoint
 
 Checkpoints are written to a temporary folder and renamed into place, and pointers are rewritten
 atomically, so an interrupted run leaves either the old or the new state, never a torn one.
@@ -43,7 +44,7 @@ class RunDir:
             raise FromageError(f"cannot create the run folder {self.path}: {e.strerror or e}") from None
         held = [n for n in RUN_FILES if (self.path / n).exists()]
         if held and overwrite:
-            for n in held + [n for n in ("curves.png",) if (self.path / n).exists()]:
+            for n in held + [n for n in ("curves.png", "gallery.png") if (self.path / n).exists()]:
                 p = self.path / n
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         elif held and not resume:
