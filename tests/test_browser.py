@@ -9,7 +9,13 @@ saves. It asserts that every code cell ran, that no cell holds an error output u
 (an answer appears in the transcript), changes the image picker (the preview changes, the chat is
 reset), switches to the retrieval tab and searches (k image cards appear).
 
-Two notebooks run at a time (two browser tabs, two kernels: the notebooks use one thread each).
+The whole run happens in a background thread started as soon as pytest has collected this test
+(``tests/conftest.py`` moves the test to the end of the session): in ``make test`` it runs beside the
+unit tests and nbval, one notebook at a time, on the core they leave idle (the notebooks use one thread
+each), and the test at the end waits for it. Run alone (``pytest tests/test_browser.py``), it uses two
+browser tabs at a time. ``$FROMAGE_BROWSER_TABS`` overrides either. The kernels get their own feature
+cache, so they never write the one nbval's kernels use.
+
 Screenshots of each notebook after its run, and of 06 after Ask and after Search, are written to
 ``runs/browser/`` (or ``$FROMAGE_BROWSER_SHOTS``) and kept. The browser is the system's Chromium
 (``$FROMAGE_CHROMIUM``, else ``chromium`` on PATH; ``make test`` installs Debian's package when it
@@ -17,6 +23,7 @@ runs as root); Playwright never downloads one. No Chromium: the test fails with 
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -25,6 +32,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,13 +52,14 @@ KERNEL_STATUS = """() => { for (const e of document.querySelectorAll('.jp-Status
 QUEUED = """() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => e.textContent.includes('*'))"""
 
 
-def chromium() -> str:
+NO_CHROMIUM = ("no Chromium found (install Debian's `chromium` package, as `make test` does when run as root, "
+               "or set FROMAGE_CHROMIUM); the browser test cannot run")
+
+
+def chromium() -> str | None:
     path = os.environ.get("FROMAGE_CHROMIUM") or next(
         (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if not path or not Path(path).exists():
-        pytest.fail("no Chromium found (install Debian's `chromium` package, as `make test` does when run as root, "
-                    "or set FROMAGE_CHROMIUM); the browser test cannot run", pytrace=False)
-    return path
+    return path if path and Path(path).exists() else None
 
 
 def free_port() -> int:
@@ -79,7 +89,7 @@ class Lab:
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_DATA_DIR=str(base / "data"),
                    JUPYTER_RUNTIME_DIR=str(base / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(settings),
-                   JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
+                   JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"), FROMAGE_MINI_CACHE=str(base / "cache"),
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={self.port}",
                "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
@@ -89,6 +99,7 @@ class Lab:
         self.log = base / "jupyterlab.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        atexit.register(self.stop)  # also when pytest exits while the background thread still runs
         deadline = time.time() + 120
         while True:
             try:
@@ -97,7 +108,7 @@ class Lab:
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.stop()
-                    pytest.fail(f"JupyterLab did not start; its log: {self.log.read_text()[-1500:]}", pytrace=False)
+                    raise RuntimeError(f"JupyterLab did not start; its log: {self.log.read_text()[-1500:]}") from None
                 time.sleep(0.3)
 
     def api(self, method: str, path: str):
@@ -120,23 +131,6 @@ class Lab:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    server = Lab(tmp_path_factory.mktemp("jupyterlab"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def shots() -> Path:
-    folder = Path(os.environ.get("FROMAGE_BROWSER_SHOTS", ROOT / "runs" / "browser"))
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
 
 
 class Tab:
@@ -252,39 +246,87 @@ def drive_the_widgets(page, shots: Path) -> list[str]:
     return wrong
 
 
-def test_every_notebook_runs_in_jupyterlab(lab, shots):
+def shots_folder() -> Path:
+    folder = Path(os.environ.get("FROMAGE_BROWSER_SHOTS", ROOT / "runs" / "browser"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def run_notebooks(n_tabs: int) -> dict:
+    """Every notebook through JupyterLab's UI -> {"problems", "seconds", "wall", "tabs", "shots"}."""
+    from playwright.sync_api import sync_playwright
+
     path = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the course lock")
+    if path is None:
+        return {"problems": [NO_CHROMIUM], "fatal": True}
+    shots, base = shots_folder(), Path(tempfile.mkdtemp(prefix="fromage-browser-test-"))
     order = sorted(NOTEBOOKS, key=lambda p: (p.name[:2] not in LONG_FIRST, LONG_FIRST.index(p.name[:2])
                                             if p.name[:2] in LONG_FIRST else 0, p.name))
     queue = [p.name for p in order]
-    problems, seconds = [], {}
-    t0 = time.time()
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        try:
-            tabs = [Tab(browser, lab, f"tab{i}") for i in range(2)]
-            running = []
-            while queue or running:
-                for tab in tabs:
-                    if tab not in running and queue:
-                        tab.start(queue.pop(0))
-                        running.append(tab)
-                time.sleep(0.5)
-                for tab in list(running):
-                    if not tab.finished():
-                        continue
-                    running.remove(tab)
-                    seconds[tab.name] = round(time.time() - tab.t0, 1)
-                    problems += problems_in(tab.save(), tab.name)
-                    tab.page.screenshot(path=str(shots / tab.name.replace(".ipynb", ".png")))
-                    if tab.name.startswith("06"):
-                        problems += drive_the_widgets(tab.page, shots)
-                    lab.shutdown_kernel(tab.name)
-            consoles = {n: msgs for tab in tabs for n, msgs in tab.console.items() if msgs}
-        finally:
-            browser.close()
-    problems += [f"{name}: {msg}" for name, msgs in consoles.items() for msg in msgs]
-    print(f"\nbrowser test: {len(NOTEBOOKS)} notebooks in {time.time() - t0:.0f} s, two at a time; "
-          f"per notebook {seconds}; screenshots in {shots}")
-    assert not problems, "\n".join(problems)
+    problems, seconds, t0 = [], {}, time.time()
+    lab = Lab(base)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+            try:
+                tabs = [Tab(browser, lab, f"tab{i}") for i in range(n_tabs)]
+                running = []
+                while queue or running:
+                    for tab in tabs:
+                        if tab not in running and queue:
+                            tab.start(queue.pop(0))
+                            running.append(tab)
+                    time.sleep(0.5)
+                    for tab in list(running):
+                        if not tab.finished():
+                            continue
+                        running.remove(tab)
+                        seconds[tab.name] = round(time.time() - tab.t0, 1)
+                        problems += problems_in(tab.save(), tab.name)
+                        tab.page.screenshot(path=str(shots / tab.name.replace(".ipynb", ".png")))
+                        if tab.name.startswith("06"):
+                            problems += drive_the_widgets(tab.page, shots)
+                        lab.shutdown_kernel(tab.name)
+                problems += [f"{n}: {m}" for tab in tabs for n, msgs in tab.console.items() for m in msgs]
+            finally:
+                browser.close()
+    finally:
+        lab.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return {"problems": problems, "seconds": seconds, "wall": time.time() - t0, "tabs": n_tabs, "shots": shots}
+
+
+class Background:
+    """:func:`run_notebooks` in a thread, started once the session knows this test will run."""
+
+    result: dict | None = None
+    thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, alone: bool) -> None:
+        if cls.thread is not None:
+            return
+        n_tabs = int(os.environ.get("FROMAGE_BROWSER_TABS", 2 if alone else 1))
+
+        def work():
+            try:
+                cls.result = run_notebooks(n_tabs)
+            except Exception as e:  # reported by the test, in the main thread
+                cls.result = {"problems": [f"the browser run stopped: {type(e).__name__}: {e}"], "fatal": True}
+
+        cls.thread = threading.Thread(target=work, name="browser-test", daemon=True)
+        cls.thread.start()
+
+
+def test_every_notebook_runs_in_jupyterlab():
+    Background.start(alone=True)  # no-op when conftest started it after collection
+    waited = time.time()
+    Background.thread.join()
+    r = Background.result
+    if r.get("fatal"):
+        pytest.fail(r["problems"][0], pytrace=False)
+    print(f"\nbrowser test: {len(NOTEBOOKS)} notebooks in {r['wall']:.0f} s, {r['tabs']} at a time "
+          f"(the test waited {time.time() - waited:.0f} s for it at the end); per notebook {r['seconds']}; "
+          f"screenshots in {r['shots']}")
+    assert not r["problems"], "\n".join(r["problems"])
