@@ -77,13 +77,3 @@ def make_model(tiny_lm_path, tiny_vision_path):
 
     return build
 
-
-def pytest_collection_modifyitems(session, config, items):
-    """The browser test goes last and starts its work in the background now (tests/test_browser.py)."""
-    browser = [it for it in items if it.nodeid.startswith("tests/test_browser.py")]
-    if not browser:
-        return
-    items[:] = [it for it in items if it not in browser] + browser
-    from test_browser import Background
-
-    Background.start(alone=len(browser) == len(items))
