@@ -259,9 +259,8 @@ def run_notebooks(n_tabs: int) -> dict:
     if path is None:
         return {"problems": [NO_CHROMIUM], "fatal": True}
     shots, base = shots_folder(), Path(tempfile.mkdtemp(prefix="fromage-browser-test-"))
-    order = sorted(NOTEBOOKS, key=lambda p: (p.name[:2] not in LONG_FIRST, LONG_FIRST.index(p.name[:2])
-                                            if p.name[:2] in LONG_FIRST else 0, p.name))
-    queue = [p.name for p in order]
+    names = [p.name for p in NOTEBOOKS]
+    queue = [n for first in LONG_FIRST for n in names if n[:2] == first] + [n for n in names if n[:2] not in LONG_FIRST]
     problems, seconds, t0 = [], {}, time.time()
     lab = Lab(base)
     try:

@@ -559,13 +559,14 @@ def _caption_batch(model, feats: torch.Tensor, max_new_tokens: int) -> list[str]
     return [t.strip() for t in texts]
 
 
-# the options a user sets from the command line (``chat``); defaults and meaning are generate()'s own
+# the options a user sets from the command line (``chat``): (type, help[, choices]); defaults are generate()'s own
 GENERATION_OPTIONS = {
     "max_new_tokens": (int, "at most this many tokens per answer"),
     "temperature": (float, "0 = greedy; otherwise sample from softmax(logits / temperature)"),
     "top_p": (float, "sample only from the nucleus of this probability"),
     "ret_scale_factor": (float, "multiply the odds of [RET] against every other token by this"),
-    "ret_scale_rule": (str, "odds (ours) or original (multiply the raw [RET] logit, as the released code)"),
+    "ret_scale_rule": (str, "odds (ours) or original (multiply the raw [RET] logit, as the released code)",
+                       RET_SCALE_RULES),
     "max_retrievals": (int, "only the first this-many [RET]s search the index"),
     "images_per_ret": (int, "images returned for each [RET]"),
     "seed": (int, "seed for sampling (reproducible answers)"),
@@ -577,10 +578,9 @@ def add_generation_args(parser) -> None:
     import inspect
 
     defaults = inspect.signature(generate).parameters
-    for name, (kind, text) in GENERATION_OPTIONS.items():
-        choices = RET_SCALE_RULES if name == "ret_scale_rule" else None
+    for name, (kind, text, *choices) in GENERATION_OPTIONS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name].default, help=text,
-                            choices=choices)
+                            choices=choices[0] if choices else None)
 
 
 def generation_kwargs(args) -> dict:
