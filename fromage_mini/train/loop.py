@@ -137,7 +137,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     N, B = len(train_cache), cfg.batch_size
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
     autocast = autocast_for(device, cfg.precision)
-    flops = flops_per_sample(model, model_cfg.n_visual_tokens + model_cfg.max_len, model_cfg.max_len)
+    flops = flops_per_sample(model, model.n_prefix + model_cfg.max_len, model_cfg.max_len)
     peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
     net = dist.wrap_ddp(model, device) if ddp else model  # DDP over the adapters only
     model.train()
