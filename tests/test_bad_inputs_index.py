@@ -127,3 +127,45 @@ def test_unwritable_output_folder_is_one_line_and_nothing_is_written(model, tmp_
         assert not list((tmp_path / "ro").iterdir())
     finally:
         os.chmod(tmp_path / "ro", 0o755)
+
+
+def test_a_symlink_loop_in_the_image_folder_is_skipped_and_counted(model, tmp_path):
+    folder = tmp_path / "imgs"
+    png(folder / "a.png")
+    (folder / "b.png").symlink_to("c.png")  # b -> c -> b
+    (folder / "c.png").symlink_to("b.png")
+    (folder / "self.jpg").symlink_to("self.jpg")
+    idx = build(model, folder, tmp_path / "idx")
+    assert sorted(rows_of(idx)) == ["a.png"]
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["extra_info"]["skips"] == {"unreadable": 3}
+    assert len(build(model, folder, tmp_path / "idx2", allow_outside_root=True)) == 1  # the other path, too
+
+
+def test_search_says_when_the_index_is_empty_and_refuses_k_below_1(model, tmp_path, capsys):
+    import numpy as np
+
+    from fromage_mini.retrieval.build import model_fingerprint
+    from fromage_mini.retrieval.index import RetrievalIndex
+
+    model.save_pretrained(tmp_path / "ckpt")
+    empty = RetrievalIndex.build(tmp_path / "empty", np.zeros((0, 16), np.float32), [],
+                                 model_fingerprint=model_fingerprint(model))
+    assert empty.search(np.ones(16), k=3)[1].shape == (1, 0)  # nothing to return, whatever k
+    search = ["index", "search", "--model", str(tmp_path / "ckpt"), "--index", str(tmp_path / "empty"), "a red one"]
+    assert main(search) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fromage-mini: error: {tmp_path / 'empty'}: the index holds no images, so there is nothing to search; "
+        "build it again from data with images (fromage-mini index build)")
+
+    png(tmp_path / "imgs" / "a.png")
+    idx = build(model, tmp_path / "imgs", tmp_path / "idx")
+    for k in (0, -2):
+        with pytest.raises(FromageError) as e:
+            idx.search(np.ones(16), k=k)
+        assert str(e.value) == f"search(): k must be at least 1 (results per query), got {k}"
+    with pytest.raises(SystemExit) as e:
+        main(["index", "search", "--model", str(tmp_path / "ckpt"), "--index", str(tmp_path / "idx"), "-k", "0", "x"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("argument -k: expected a positive integer, got '0'")
+    assert main(["index", "search", "--model", str(tmp_path / "ckpt"), "--index", str(tmp_path / "idx"), "x"]) == 0
+    assert capsys.readouterr().out.strip().endswith("a.png")

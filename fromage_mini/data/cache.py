@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import FromageError
-from ..files import load_numpy, os_errors, read_json, save_numpy, write_json
+from ..files import WriteError, load_numpy, os_errors, read_json, save_numpy, write_error, write_json
 
 FORMAT = 1
 
@@ -100,6 +100,15 @@ class FeatureCache:
 
     def all_features(self) -> torch.Tensor:
         return self.features(np.arange(len(self)))
+
+    def non_finite_rows(self, chunk: int = 65536) -> int:
+        """How many rows hold NaN or inf. A build never stores one, so any is a damaged file."""
+        bad = 0
+        for arr in self._feats:
+            for i in range(0, len(arr), chunk):
+                part = np.asarray(arr[i: i + chunk]).reshape(min(chunk, len(arr) - i), -1)
+                bad += int((~np.isfinite(part).all(axis=1)).sum())
+        return bad
 
 
 def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int = 4096,
@@ -207,7 +216,9 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
     every image a TSV names), so an edited caption, an added row or a replaced image builds a new
     cache. ``allow_outside_root`` and ``image_root`` (the folder a TSV's image paths are relative to;
     default the TSV's own) go to the TSV reader. No usable sample, or a cache folder that
-    cannot be written, is a one-line :class:`FromageError`.
+    cannot be written, is a one-line :class:`FromageError`; a failed write (a full disk) removes the
+    half-built cache. A finished cache holding NaN or inf rows (a damaged file: a build never stores
+    one) is rebuilt, with one log line, never used.
     """
     from ..paths import resolve
     from .readers import SkipLog, open_reader, source_fingerprint
@@ -222,13 +233,22 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
     skips = SkipLog()
     with os_errors("build the feature cache"):
         if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
-            return FeatureCache(folder)
+            cache = FeatureCache(folder)
+            bad = cache.non_finite_rows()
+            if not bad:
+                return cache
+            log(f"[{split}] the feature cache {folder} holds {bad} rows with NaN or inf (a damaged file); "
+                "rebuilding it")
+            shutil.rmtree(folder)
         extra = {"image_root": image_root} if image_root else {}
         samples = open_reader(spec, skip_log=skips, allow_outside_root=allow_outside_root, **extra)
         try:
             cache = build_cache(folder, samples, model, skip_log=skips, progress=True)
         except NoSamplesError as e:
             raise NoSamplesError(f"{spec}: {e}; fix the data and run again") from None
+        except (WriteError, OSError) as e:  # a full disk or no permission: leave no half-built cache behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise write_error(e, folder, "build the feature cache") from None
     if cache.info.get("skips"):
         log(f"[{split}] skipped {sum(cache.info['skips'].values())} samples: {cache.info['skips']}")
     return cache

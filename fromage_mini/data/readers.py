@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FromageError
-from ..files import os_errors
+from ..files import os_errors, real_path
 from .images import IMAGE_EXTENSIONS, IMAGE_SUFFIXES
 
 log = logging.getLogger("fromage_mini.data")
@@ -208,8 +208,8 @@ def _make(key: str, caption, load, skip_log: SkipLog, min_size: int) -> Sample |
 
 
 def is_inside(path, root) -> bool:
-    """Whether ``path`` (``..`` and symlinks followed) lies inside the folder ``root``."""
-    return Path(path).resolve().is_relative_to(Path(root).resolve())
+    """Whether ``path`` (``..`` and symlinks followed, a loop never raising) lies inside the folder ``root``."""
+    return real_path(path).is_relative_to(real_path(root))
 
 
 def read_image_file(path, root=None) -> bytes:
@@ -218,7 +218,7 @@ def read_image_file(path, root=None) -> bytes:
     not opened)."""
     path = Path(path)
     if root is not None and not is_inside(path, root):
-        raise BadItem("outside_root", f"{path} -> {path.resolve()}")
+        raise BadItem("outside_root", f"{path} -> {real_path(path)}")
     try:
         return path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -329,7 +329,7 @@ def _iter_tsv(rows, root: Path, skip_log: SkipLog, min_size: int, inside: Path |
         path = root / row["image"]
         sample = _make(key, row["caption"], partial(read_image_file, path, inside), skip_log, min_size)
         if sample is not None:
-            sample.path = str(path.resolve())
+            sample.path = str(real_path(path))
             yield sample
 
 
@@ -379,7 +379,7 @@ def _iter_folder(folder: Path, paths: list[Path], skip_log: SkipLog, min_size: i
         except BadItem as e:
             skip_log.add(e.reason, key, str(e))
             continue
-        yield Sample(key, "", image, str(path.resolve()))
+        yield Sample(key, "", image, str(real_path(path)))
 
 
 # ------------------------------------------------------------------------------------------------

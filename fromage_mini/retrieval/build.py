@@ -109,9 +109,17 @@ def register(sub):
     s = isub.add_parser("search", help="text (ending in [RET] or not) -> top-k images")
     s.add_argument("--model", required=True, help="checkpoint folder (save_pretrained) or a training run folder")
     s.add_argument("--index", required=True)
-    s.add_argument("-k", type=int, default=5)
+    s.add_argument("-k", type=_positive_int, default=5, help="results to show (at least 1)")
     s.add_argument("text")
     s.set_defaults(func=_search)
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _build(a) -> int:
@@ -128,6 +136,9 @@ def _search(a) -> int:
 
     model = load_model(a.model)
     idx = load_for(model, a.index)
+    if not len(idx):
+        raise FromageError(f"{a.index}: the index holds no images, so there is nothing to search; "
+                           "build it again from data with images (fromage-mini index build)")
     scores, ids = idx.search(text_vectors(model, [[a.text]]).float().numpy(), k=a.k)
     for s, i in zip(scores[0], ids[0]):
         if i >= 0:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..errors import FromageError
-from ..files import load_numpy, read_json, write_json
+from ..files import load_numpy, read_json, write_error, write_json
 
 FORMAT = "fromage-mini-index"
 FORMAT_VERSION = 1
@@ -195,15 +195,23 @@ class IndexWriter:
         self._tmp = self.folder.parent / f".{self.folder.name}.building-{os.getpid()}-{secrets.token_hex(4)}"
         os.mkdir(self._tmp)
         self._closed = False
-        try:
+        with self._failing_aborts():
             self._vectors = _NpyAppender(self._tmp / VECTORS_FILE, np.float16, (self.dim,))
             self._offsets = _NpyAppender(self._tmp / OFFSETS_FILE, np.int64, ())
             self._offsets.append(np.zeros(1, np.int64))
             self._meta = open(self._tmp / METADATA_FILE, "wb")  # noqa: SIM115 - closed in close()/abort()
-        except BaseException:
-            self.abort()
-            raise
         self._pos = 0  # bytes written to metadata.jsonl
+
+    @contextlib.contextmanager
+    def _failing_aborts(self):
+        """Any failure in the block discards the build; an OSError (a full disk, ...) becomes one line."""
+        try:
+            yield
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError):
+                raise write_error(e, self.folder) from None
+            raise
 
     def __len__(self) -> int:
         return self._vectors.rows
@@ -228,16 +236,17 @@ class IndexWriter:
         if not lines:
             return
         ends = self._pos + np.cumsum([len(b) for b in lines], dtype=np.int64)  # (n,)
-        self._vectors.append(x.astype(np.float16))
-        self._meta.write(b"".join(lines))
-        self._offsets.append(ends)
+        with self._failing_aborts():
+            self._vectors.append(x.astype(np.float16))
+            self._meta.write(b"".join(lines))
+            self._offsets.append(ends)
         self._pos = int(ends[-1])
 
     def close(self) -> Path:
         """Finish the files, write ``index.json`` and move the folder into place. Returns the folder."""
         if self._closed:
             return self.folder
-        try:
+        with self._failing_aborts():
             self._vectors.finish()
             self._offsets.finish()
             self._meta.flush()
@@ -256,9 +265,6 @@ class IndexWriter:
             os.chmod(self._tmp / INFO_FILE, (self._tmp / VECTORS_FILE).stat().st_mode & 0o777)  # not 0600
             _fsync_dir(self._tmp)
             _install(self._tmp, self.folder)
-        except BaseException:
-            self.abort()
-            raise
         self._closed = True
         return self.folder
 
@@ -507,7 +513,8 @@ class RetrievalIndex:
 
         Args:
             queries: (d,) or (n, d) numpy array or torch tensor (any float dtype); normalised here.
-            k: results per query, capped at ``len(self)``.
+            k: results per query (at least 1), capped at ``len(self)``; an empty index returns no
+                columns whatever ``k`` is.
             exclude: row ids never to return (e.g. images already in the context): a list of ints
                 applied to every query, or a list of n lists, one per query.
         Returns:
@@ -516,7 +523,9 @@ class RetrievalIndex:
         """
         q = _normalise_rows(_as_float32_rows(queries, self.dim))  # (n, d) float32
         n, N = q.shape[0], len(self)
-        k = max(0, min(int(k), N))
+        if N and int(k) < 1:
+            raise FromageError(f"search(): k must be at least 1 (results per query), got {k}")
+        k = min(int(k), N)
         excl = _exclusions(exclude, n)  # n sorted int64 arrays
         scores = np.full((n, k), -np.inf, np.float32)
         ids = np.full((n, k), -1, np.int64)
