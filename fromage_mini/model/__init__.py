@@ -10,12 +10,12 @@ def load_model(path, device: str = "auto"):
     ``path``: a ``save_pretrained`` folder, or a training run folder (its ``best.json`` names the
     checkpoint to load).
     """
-    from ..files import read_json
     from .backbones import pick_device
+    from .checkpoint import read_pointer
     from .fromage import Fromage
 
     path = Path(path)
     if (path / "best.json").exists() and not (path / "adapters.safetensors").exists():
-        path = path / read_json(path / "best.json")["checkpoint"]
+        path = read_pointer(path / "best.json")
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else pick_device(device)
     return Fromage.from_pretrained(path, device=dev).to(dev).eval()

@@ -58,9 +58,29 @@ def load_state(model, state: dict[str, torch.Tensor], source: str) -> None:
             f"({model.config.lm}, d_lm={model.dims.d_embed}; {model.config.vision}, d_vision={model.vis_dim}): "
             + "; ".join(bad)
         )
+    check_finite(state, source)
     with torch.no_grad():
         for name, t in state.items():
             params[name].copy_(t.to(params[name].dtype))
+
+
+def read_pointer(f) -> Path:
+    """The checkpoint folder a run's ``last.json``/``best.json`` names (``{"checkpoint": "checkpoints/step_N"}``,
+    relative to the run folder); a file of another shape is a one-line :class:`FromageError`."""
+    f = Path(f)
+    obj = read_json(f)
+    if not (isinstance(obj, dict) and isinstance(obj.get("checkpoint"), str) and obj["checkpoint"]):
+        raise FromageError(f'{f}: not a checkpoint pointer (expected {{"checkpoint": "checkpoints/step_N"}}); '
+                           "fix it to name a checkpoint folder of this run, or delete it")
+    return f.parent / obj["checkpoint"]
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors holding NaN or infinity (a damaged file, or one saved from a diverged run)."""
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FromageError(f"{source}: {', '.join(sorted(bad))} hold NaN or infinite values (a damaged file, or "
+                           "saved from a run whose loss diverged); refusing to load it")
 
 
 def load_adapters(cls, folder, **overrides):

@@ -8,11 +8,15 @@
    quality; the best checkpoint (by text→image R@1, as the original) is kept.
 4. Checkpoints hold everything needed to resume exactly (optimizer, step, data position, RNG) and
    are written atomically; ``--resume`` continues an interrupted run.
-5. At the end: ``metrics.json``, ``curves.png`` and ``gallery.png`` (captions and retrievals of the
-   best checkpoint) in the run folder.
+5. At the end: ``metrics.json`` (with the steps done of those planned, and whether ``max_seconds``
+   stopped the run), ``curves.png`` and ``gallery.png`` (captions and retrievals of the best
+   checkpoint) in the run folder.
+6. A loss or adapters turning NaN/inf stop the run with one line before anything non-finite is saved;
+   suspicious but legal setups get one warning line each.
 
 The pieces live beside this file: ``schedule`` (lr), ``validate`` (recall, captions), ``run_dir``
-(the folder, the log, checkpoints), ``gallery`` (the picture), ``distributed`` (torchrun / DDP).
+(the folder, the log, checkpoints), ``guards`` (warnings, the NaN stop, how the run ended),
+``gallery`` (the picture), ``distributed`` (torchrun / DDP).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from ..errors import FromageError
 from ..files import write_json
 from ..model.backbones import pick_device
 from .gallery import GALLERY, gallery_for_run
+from .guards import NonFiniteWatch, ending, ending_lines, warn_suspicious
 from .run_dir import RunDir, load_checkpoint
 from .schedule import lr_at
 from .validate import in_batch_recall, validate
@@ -121,6 +126,8 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     log(f"features: {len(train_cache)} train, {len(val_cache)} val (dim {train_cache.dim}), {cache_seconds:.1f}s")
     if len(train_cache) < cfg.batch_size:
         raise FromageError(f"{cfg.train_data}: only {len(train_cache)} usable pairs, fewer than batch_size")
+    if main:
+        warn_suspicious(cfg, train_cache, val_cache, log)
 
     # ---- optimizer and state: fresh, or resumed from the last checkpoint ------------------------
     params = [p for p in model.parameters() if p.requires_grad]
@@ -132,6 +139,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
         log(f"resumed from {last} at step {state['step']}")
     elif cfg.center_heads:
         center_heads(model, train_cache)
+    run.start()  # config.json: written only now that the run (or the resumed one) has really begun
     run.open_log(state["step"])
 
     N, B = len(train_cache), cfg.batch_size
@@ -143,6 +151,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step", disable=not main)
     t_last, n_since = time.time(), 0
+    watch = NonFiniteWatch(device)
     while state["step"] < cfg.max_steps:
         # ---- one optimizer step: grad_accum micro-batches of B pairs ------------------------------
         lr = lr_at(cfg, state["step"])
@@ -162,6 +171,7 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
                 o = net(**batch, features=feats, gather=ddp)
             with sync:
                 (o.loss / cfg.grad_accum).backward()
+            watch.update(o.loss, state["step"] + 1)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -173,7 +183,18 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
         n_since += B * cfg.grad_accum
         bar.update(1)
 
-        # ---- log (the only place a step's values are read back from the device) -------------------
+        # ---- a NaN/inf loss or adapters stop the run, checked where the host syncs anyway --------------
+        out_of_time = dist.broadcast_from_main(cfg.max_seconds is not None
+                                               and state["train_seconds"] >= cfg.max_seconds)
+        done = state["step"] == cfg.max_steps or out_of_time
+        if done or any(state["step"] % n == 0 for n in (cfg.log_every, cfg.val_every, cfg.ckpt_every)):
+            bad = dist.broadcast_from_main(watch.first_bad(params, state["step"]) if main else None)
+            if bad is not None:
+                bar.close()
+                run.close()
+                raise watch.stop(bad, cfg, run.pointer("last") if main else None)
+
+        # ---- log (with the check above, the only place a step's values are read back from the device) --
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.max_steps:
             sps = n_since / max(time.time() - t_last, 1e-9)
             mfu = sps * flops / peak if peak else None
@@ -186,9 +207,6 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
             t_last, n_since = time.time(), 0
 
         # ---- validate and checkpoint (rank 0; the others wait at the barrier) ----------------------
-        out_of_time = dist.broadcast_from_main(cfg.max_seconds is not None
-                                               and state["train_seconds"] >= cfg.max_seconds)
-        done = state["step"] == cfg.max_steps or out_of_time
         if (state["step"] % cfg.val_every == 0 or done) and main:
             res = validate(model, val_cache, cfg, progress=True)  # the unwrapped model: no collectives
             caps = {k: v for k, v in res.get("captions", {}).items() if k != "examples"}
@@ -218,13 +236,16 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     if not main:
         dist.shutdown()
         return {}
+    if "best" not in state:  # every validation gave a NaN R@1
+        raise FromageError(f"{run.path}: no validation gave a finite text->image R@1, so there is no best "
+                           "checkpoint; check the validation data")
     best = state["best"]
     metrics = {"t2i": best["t2i"], "i2t": best["i2t"], "best_step": best["step"],
                "checkpoint": str(run.pointer("best")),
                "train_seconds": round(state["train_seconds"], 2), "cache_seconds": round(cache_seconds, 2),
-               "steps": state["step"], "skips": {"train": train_cache.info.get("skips", {}),
-                                                 "val": val_cache.info.get("skips", {}),
-                                                 "training_rows": state.get("skipped_rows", {})}}
+               "steps": state["step"], **ending(state, cfg),  # steps done of planned, stopped by max_seconds?
+               "skips": {"train": train_cache.info.get("skips", {}), "val": val_cache.info.get("skips", {}),
+                         "training_rows": state.get("skipped_rows", {})}}
     if "captions" in best:
         metrics["captions"] = best["captions"]
     write_json(run.path / "metrics.json", metrics)
@@ -267,5 +288,7 @@ def _cli(a) -> int:
           f"curves: {out / 'curves.png'}")
     if (out / GALLERY).exists():  # gallery_for_run removed any older one
         print(f"gallery: {out / GALLERY}")
+    for line in ending_lines(m, tcfg):  # stopped by max_seconds: said last, where it is read
+        print(line)
     return 0
 

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import FromageError
 from ..files import atomic_folder, read_json, write_json
+from ..model.checkpoint import read_pointer
 
 LOG_FIELDS = ["step", "loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss", "t2i_R@1", "i2t_R@1",
               "lr", "samples_per_s", "mfu"]
@@ -35,7 +36,10 @@ class RunDir:
 
     # ---- starting a run ----------------------------------------------------------------------
     def prepare(self, settings: dict, resume: bool, overwrite: bool, log=print) -> None:
-        """Refuse to mix two runs in one folder; on ``resume`` say which settings changed."""
+        """Refuse to mix two runs in one folder; on ``resume`` say which settings changed. The settings
+        are written to ``config.json`` only by :meth:`start`, once the run has really begun (a refused
+        resume leaves the folder as it was)."""
+        self._settings = settings
         if not self.main:
             return
         try:
@@ -52,11 +56,21 @@ class RunDir:
                                "it or --overwrite to replace it, or choose another --out")
         elif held and (self.path / "config.json").exists():
             old = read_json(self.path / "config.json")
+            if not (isinstance(old, dict) and all(isinstance(old.get(p, {}), dict) for p in ("model", "train"))):
+                raise FromageError(f"{self.path / 'config.json'}: not a run's settings (expected "
+                                   '{"model": {...}, "train": {...}}); restore it, or delete it to resume anyway')
             changed = [f"{k}: {old[part].get(k)!r} -> {v!r}" for part in ("model", "train")
                        for k, v in settings[part].items() if part in old and old[part].get(k) != _plain(v)]
             if changed:
                 log(f"resuming with changed settings: {'; '.join(changed)}")
-        write_json(self.path / "config.json", settings)
+        if held and resume:
+            for link in ("last", "best"):  # a damaged pointer refuses the resume now, not steps later
+                self.pointer(link)
+
+    def start(self) -> None:
+        """Write the settings given to :meth:`prepare` to ``config.json`` (call it once setup succeeded)."""
+        if self.main:
+            write_json(self.path / "config.json", self._settings)
 
     # ---- the log -------------------------------------------------------------------------------
     def open_log(self, step: int) -> None:
@@ -88,7 +102,7 @@ class RunDir:
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self, model, opt, state: dict, step: int) -> Path:
         """Write ``checkpoints/step_<step>`` (adapters, optimizer, trainer state, RNG) atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         final = self.path / "checkpoints" / f"step_{step:06d}"
         with atomic_folder(final) as tmp:
@@ -101,7 +115,7 @@ class RunDir:
             tensors["rng.torch"] = torch.get_rng_state()
             if torch.cuda.is_available():
                 tensors["rng.cuda"] = torch.cuda.get_rng_state()
-            save_file(tensors, str(tmp / "trainer_state.safetensors"))
+            (tmp / "trainer_state.safetensors").write_bytes(save(tensors))  # a full disk: atomic_folder's one line
             write_json(tmp / "trainer_state.json", {**state, "param_groups": groups})
         return final
 
@@ -110,9 +124,10 @@ class RunDir:
         write_json(self.path / f"{link}.json", {"checkpoint": str(target.relative_to(self.path))})
 
     def pointer(self, link: str) -> Path | None:
-        """The checkpoint ``<link>.json`` names ("last" or "best"), or None."""
+        """The checkpoint ``<link>.json`` names ("last" or "best"), or None; a pointer file of the wrong
+        shape is a one-line :class:`FromageError`."""
         f = self.path / f"{link}.json"
-        return self.path / read_json(f)["checkpoint"] if f.exists() else None
+        return read_pointer(f) if f.exists() else None
 
     def prune(self) -> None:
         """Keep only the checkpoints that ``last`` and ``best`` point at."""
@@ -142,7 +157,8 @@ class RunDir:
             hs = [h["step"] for h in hist]
             for d in ("t2i", "i2t"):
                 for k in ("R@1", "R@5"):
-                    b.plot(hs, [h[d][k] for h in hist], marker="o", label=f"{d} {k}")
+                    if all(k in h[d] for h in hist):  # a small split leaves R@5 out (validate.validate)
+                        b.plot(hs, [h[d][k] for h in hist], marker="o", label=f"{d} {k}")
         b.set_xlabel("step"), b.set_ylim(0, 1.02), b.legend(fontsize=8), b.set_title("validation recall")
         fig.tight_layout()
         fig.savefig(self.path / "curves.png", dpi=110)
@@ -150,14 +166,27 @@ class RunDir:
 
 
 def load_checkpoint(path: Path, model, opt) -> dict:
-    """Restore adapters, optimizer state and RNG from a :meth:`RunDir.save` folder; returns the trainer state."""
-    from safetensors.torch import load_file
+    """Restore adapters, optimizer state and RNG from a :meth:`RunDir.save` folder; returns the trainer state.
 
-    from ..model.checkpoint import load_state, read_adapters
+    A damaged file (truncated, NaN, the wrong shape) is a one-line :class:`FromageError`; the model and
+    optimizer may then be half restored, so the trainer stops."""
+    from ..model.checkpoint import check_finite, load_state, read_adapters
 
     load_state(model, read_adapters(path / "adapters.safetensors"), str(path))
-    tensors = load_file(str(path / "trainer_state.safetensors"))
+    tensors = read_adapters(path / "trainer_state.safetensors")
+    check_finite(tensors, str(path / "trainer_state.safetensors"))
     state = read_json(path / "trainer_state.json")
+    try:
+        return _restore(state, tensors, opt)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise FromageError(f"{path}: trainer state does not fit this run ({type(e).__name__}: {e}); "
+                           "resume from another checkpoint or start afresh with --overwrite") from None
+
+
+def _restore(state: dict, tensors: dict, opt) -> dict:
+    for key in ("step", "epoch", "pos", "best_r1", "train_seconds", "history", "param_groups"):
+        if key not in state:
+            raise KeyError(key)
     params = [p for g in opt.param_groups for p in g["params"]]
     opt_state = {"state": {}, "param_groups": []}
     for key, v in tensors.items():

@@ -29,14 +29,18 @@ def retrieval_vectors(model, cache: FeatureCache, batch_size: int = 256, progres
 def validate(model, cache: FeatureCache, cfg, progress: bool = False) -> dict:
     """Recall@1/5/10 in both directions over the whole split, plus caption quality (``cfg``: a TrainConfig).
 
-    ``progress``: bars over the retrieval batches and the captions."""
+    R@k with k >= the number of rows is left out (:func:`~.guards.meaningful_ks`: it is 1 whatever the
+    model does). ``progress``: bars over the retrieval batches and the captions."""
+    from .guards import meaningful_ks
+
     was_training = model.training
     model.eval()
     t, v = retrieval_vectors(model, cache, cfg.val_batch_size, progress)
     ok = torch.isfinite(v).all(dim=1) & torch.isfinite(t).all(dim=1)  # rows from a damaged cache
     t, v = t[ok], v[ok]
     scores = F.normalize(t, dim=-1) @ F.normalize(v, dim=-1).T  # (N, N) cosine
-    res = {"t2i": recall_at_k(scores), "i2t": recall_at_k(scores.T)}
+    ks = meaningful_ks(len(t))
+    res = {"t2i": recall_at_k(scores, ks), "i2t": recall_at_k(scores.T, ks)}
     if cfg.caption_eval:
         res["captions"] = caption_quality(model, cache, cfg, progress)
     model.train(was_training)
