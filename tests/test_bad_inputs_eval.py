@@ -79,3 +79,46 @@ def test_vist_skips_the_story_with_an_empty_image(ckpt, tmp_path):
     (tmp_path / "s1_2.png").write_bytes(b"")
     r = run_eval(ckpt, tmp_path / "v.json", "vist", "--stories", str(tmp_path / "stories.json"))
     assert r["n"] == 1 and r["skipped"] == 1 and r["skips"] == {"empty_file": 1}
+
+
+def test_json_pairs_with_a_null_caption_or_image_are_skipped_and_counted(tmp_path):
+    pairs = [{"caption": "red", "image": "a.png"}, {"caption": None, "image": "b.png"}, ["   ", "c.png"],
+             {"caption": "no image", "image": None}, [None, "d.png"], {"caption": "blue", "image": "e.png"}]
+    (tmp_path / "p.json").write_text(json.dumps(pairs))
+    log = SkipLog()
+    got = ev.read_pairs(tmp_path / "p.json", skip_log=log)
+    assert got == [("red", tmp_path / "a.png"), ("blue", tmp_path / "e.png")]  # never the caption "None"
+    assert log.summary()["counts"] == {"empty_caption": 3, "malformed_row": 1}
+
+
+def test_the_library_skips_and_counts_a_story_with_a_corrupt_image_as_the_cli_does(ckpt, tmp_path):
+    from fromage_mini.model import load_model
+
+    shutil.copy(FIXTURES / "shapes_stories_tiny.json", tmp_path / "stories.json")
+    for s in range(2):
+        for j in range(5):
+            png(tmp_path / f"s{s}_{j}.png", j + s)
+    (tmp_path / "s1_2.png").write_bytes(b"<html>not an image</html>")
+    stories, paths = ev.read_story_list(tmp_path / "stories.json")
+    log = SkipLog()
+    out = ev.contextual_retrieval(load_model(ckpt[1], "cpu"), stories, paths, ks=(1, 2), skip_log=log)
+    assert (out["n"], out["skipped"], out["skips"]) == (1, 1, {"corrupt_image": 1})
+    assert log.summary()["counts"] == {"corrupt_image": 1}
+    cli = run_eval(ckpt, tmp_path / "v.json", "vist", "--stories", str(tmp_path / "stories.json"))
+    assert (cli["n"], cli["skipped"], cli["skips"]) == (1, 1, {"corrupt_image": 1})
+
+
+def test_recall_at_k_with_k_not_below_the_candidates_is_marked_trivial(ckpt, tmp_path, capsys):
+    for i in range(3):
+        png(tmp_path / f"{i}.png", i)
+    (tmp_path / "p.tsv").write_text("caption\timage\nred\t0.png\ngreen\t1.png\nblue\t2.png\n")
+    p = argparse.ArgumentParser()
+    ev.register(p.add_subparsers(dest="command"))
+    args = p.parse_args(["eval", *ckpt[:4], "--ks", "1,3,5", "--out", str(tmp_path / "r.json"), "recall",
+                         "--pairs", str(tmp_path / "p.tsv")])
+    assert args.func(args) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["trivial"] == ["R@3"] and r["t2i_R@3"] == 1.0 and "t2i_R@5" not in r
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        'note: R@3 is 1 whatever the model does here (k >= the number of candidates), so it is marked "trivial"; '
+        "evaluate on more items")

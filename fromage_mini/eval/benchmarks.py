@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,75 +33,32 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data.images import IMAGE_SUFFIXES, SQUASH, load_image
-from ..data.readers import BadItem, SkipLog, decode_image, is_inside, read_image_file, read_table
+from ..data.readers import SkipLog, is_inside, read_table
 from ..errors import FromageError
 from ..files import read_json, write_json
 from ..infer.generate import build_inputs, inference
 from ..infer.scoring import candidate_scores, image_vectors, log_likelihood, text_vectors
 from ..metrics import ndcg, rank_metrics, recall_at_k, target_ranks
 from ..model import load_model
-
-
-# ---------------------------------------------------------------------------------------------
-# images
-def find_images(folder) -> dict[str, Path]:
-    """Image files under ``folder`` by id: the file stem, and the number its stem ends with.
-
-    ``VisualDialog_val2018_000000185565.jpg`` is found as ``"185565"``; VIST's ``1234.jpg`` as ``"1234"``.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FromageError(f"{folder}: image folder not found")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            found.setdefault(p.stem, p)
-            m = re.search(r"(\d+)$", p.stem)
-            if m:
-                found.setdefault(str(int(m.group(1))), p)
-    return found
-
-
-@inference
-def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
-                     batch_size: int = 32, progress: bool = False) -> dict[str, torch.Tensor]:
-    """{id: PIL / path / feature / (3, H, W) pixels} -> {id: feature} (``infer.generate.feature_shape``), in batches."""
-    from tqdm.auto import tqdm
-
-    from ..infer.generate import to_features
-
-    keys = list(images)
-    out: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=len(keys), desc="image features", unit="img", disable=not progress)
-    for s in range(0, len(keys), batch_size):
-        chunk = keys[s: s + batch_size]
-        items = []
-        for k in chunk:
-            im = images[k]
-            if isinstance(im, (str, Path)):
-                im = load_image(im, squash)
-            elif squash and not torch.is_tensor(im):
-                im = im.resize(SQUASH)
-            items.append(im)
-        for k, f in zip(chunk, to_features(model, items)):
-            out[k] = f
-        bar.update(len(chunk))
-    bar.close()
-    return out
+from .images import compute_features, find_images, skip_counts, trivial_cutoffs, usable_images
 
 
 # ---------------------------------------------------------------------------------------------
 # caption <-> image recall
 @inference
 def recall_at_k_dataset(model, pairs, ks=(1, 5, 10), *, batch_size: int = 32,
-                        progress: bool = False) -> dict[str, float]:
+                        progress: bool = False, skip_log: SkipLog | None = None) -> dict[str, float]:
     """Recall@k over a set of (caption, image) pairs, both directions, among the set's own items.
 
     Text side: ``</s> caption [RET]`` (as in training); image side: the image head. Cosine scores.
-    Returns ``{"n", "t2i_R@k", "i2t_R@k"}``. ``progress``: a bar over the images (the slow part).
+    Returns ``{"n", "t2i_R@k", "i2t_R@k"}``, plus ``"trivial"`` naming the R@k with k >= n (1 whatever
+    the model does) and ``"skips"`` (reason -> count) for pairs whose image file does not decode, which
+    are left out. ``progress``: a bar over the images (the slow part).
     """
+    skip_log = SkipLog() if skip_log is None else skip_log
     pairs = list(pairs)
+    usable = usable_images({str(i): im for i, (_, im) in enumerate(pairs)}, skip_log)
+    pairs = [pr for i, pr in enumerate(pairs) if str(i) in usable]
     if not pairs:
         raise FromageError("no (caption, image) pairs to evaluate")
     feats = compute_features(model, {str(i): im for i, (_, im) in enumerate(pairs)}, batch_size=batch_size,
@@ -114,7 +70,7 @@ def recall_at_k_dataset(model, pairs, ks=(1, 5, 10), *, batch_size: int = 32,
     out: dict[str, float] = {"n": len(pairs)}
     out |= {f"t2i_{name}": val for name, val in recall_at_k(scores, ks).items()}
     out |= {f"i2t_{name}": val for name, val in recall_at_k(scores.T, ks).items()}
-    return out
+    return out | trivial_cutoffs(ks, len(pairs)) | skip_counts(skip_log)
 
 
 def read_pairs(path, image_root=None, *, skip_log=None, allow_outside_root: bool = False) -> list[tuple[str, Path]]:
@@ -123,7 +79,7 @@ def read_pairs(path, image_root=None, *, skip_log=None, allow_outside_root: bool
     (:func:`~fromage_mini.data.readers.read_table`). Relative image paths are resolved against
     ``image_root`` (default: the file's folder). Bad rows are skipped and counted in ``skip_log``
     (``non_utf8``, ``malformed_row``, ``empty_caption``, and ``outside_root`` for a path leading outside
-    the root unless ``allow_outside_root``); images are not opened here (see :func:`readable_images`)."""
+    the root unless ``allow_outside_root``); images are not opened here (see :func:`~.images.usable_images`)."""
     from ..paths import resolve
 
     skip_log = SkipLog() if skip_log is None else skip_log
@@ -137,28 +93,15 @@ def read_pairs(path, image_root=None, *, skip_log=None, allow_outside_root: bool
         except (KeyError, IndexError, TypeError):
             skip_log.add("malformed_row", str(key), repr(r)[:80])
             continue
-        if not str(caption).strip():
+        if caption is None or not str(caption).strip():  # JSON null is no caption, not the word "None"
             skip_log.add("empty_caption", str(key))
+        elif image is None or isinstance(image, (dict, list)):
+            skip_log.add("malformed_row", str(key), repr(r)[:80])
         elif not (allow_outside_root or is_inside(root / str(image), root)):
             skip_log.add("outside_root", str(key), str(image))
         else:
             pairs.append((str(caption).strip(), root / str(image)))
     return pairs
-
-
-def readable_images(paths, skip_log) -> set[Path]:
-    """The files among ``paths`` that decode as images; the others are counted in ``skip_log`` by
-    reason (``missing_file``, ``unreadable``, ``empty_file``, ``corrupt_image``, ...), so a bad image
-    drops its own item instead of stopping the evaluation. Each file is decoded once here (and again
-    when its features are computed)."""
-    good = set()
-    for p in dict.fromkeys(paths):
-        try:
-            decode_image(read_image_file(p))
-            good.add(p)
-        except BadItem as e:
-            skip_log.add(e.reason, str(p), str(e))
-    return good
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,16 +196,19 @@ def story_prompt(story: Story, images: Mapping[str, Any], n_captions: int = 5, n
 @inference
 def contextual_retrieval(model, stories: list[Story], images: Mapping[str, Any], *, n_captions: int = 5,
                          n_images: int = 4, ks=(1, 5, 10), faithful_to_original: bool = False,
-                         batch_size: int = 16) -> dict[str, float]:
+                         batch_size: int = 16, skip_log: SkipLog | None = None) -> dict[str, float]:
     """Retrieve each story's last image from its earlier captions and images (VIST protocol).
 
     The prompt is :func:`story_prompt` followed by [RET]; candidates are all of ``images``
     (id -> PIL / path / feature), minus the story's earlier images; stories with an image missing
-    from ``images`` are skipped. Scores are cosine similarities. See the module docstring for
-    what ``faithful_to_original`` changes (its 224×224 squash applies to images given as PIL or
-    paths; precomputed features are used as given). Returns ``{"n", "skipped", "candidates", "R@k"...}``.
+    from ``images``, or given as a file that does not decode (counted by reason in ``skip_log``, as the
+    CLI does), are skipped. Scores are cosine similarities. See the module docstring for what
+    ``faithful_to_original`` changes (its 224×224 squash applies to images given as PIL or paths;
+    precomputed features are used as given). Returns ``{"n", "skipped", "candidates", "R@k"...}``, plus
+    ``"trivial"`` (R@k with k >= every story's candidates) and ``"skips"`` when there are any.
     """
-    feats = compute_features(model, images, squash=faithful_to_original)
+    skip_log = SkipLog() if skip_log is None else skip_log
+    feats = compute_features(model, usable_images(images, skip_log), squash=faithful_to_original)
     ids = list(feats)
     col = {k: i for i, k in enumerate(ids)}
     kept = [s if faithful_to_original else s.in_order() for s in stories]
@@ -278,7 +224,9 @@ def contextual_retrieval(model, stories: list[Story], images: Mapping[str, Any],
     target = torch.tensor([col[s.images[-1]] for s in kept])
     ranks = target_ranks(scores, target)
     out = {"n": len(kept), "skipped": len(stories) - len(kept), "candidates": len(ids)}
-    return out | {name: val for name, val in rank_metrics(ranks, ks).items() if name.startswith("R@")}
+    out |= {name: val for name, val in rank_metrics(ranks, ks).items() if name.startswith("R@")}
+    most = max(len(ids) - len(set(s.images[:-1])) for s in kept)  # candidates left to the richest story
+    return out | trivial_cutoffs(ks, most) | skip_counts(skip_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,14 +307,16 @@ def option_ranks(scores: torch.Tensor) -> list[int]:
 def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[str, Any],
                            dense: Mapping[str, dict] | None = None, *, ks=(1, 5, 10),
                            faithful_to_original: bool = False, normalize: bool = False,
-                           batch_size: int = 32, return_ranks: bool = False) -> dict:
+                           batch_size: int = 32, return_ranks: bool = False,
+                           skip_log: SkipLog | None = None) -> dict:
     """Rank each round's answer options by their likelihood given the image and the dialogue so far.
 
     Every round with answer options is ranked, with or without ground truth (on the test split:
     each dialog's unanswered last round). Prompt for round r:
     ``[image, "Q: q_1?\\nA: a_1\\n...\\nQ: q_r?\\nA:"]``, the history holding only the answered
     rounds before r; each option is scored as ``log p(" " + option | prompt)`` (sum over its
-    tokens; ``normalize``: mean). Dialogues whose image is missing from ``images`` are skipped.
+    tokens; ``normalize``: mean). Dialogues whose image is missing from ``images``, or is a file that
+    does not decode (counted by reason in ``skip_log`` and under ``"skips"``), are skipped.
 
     Returns ``rounds`` (rounds ranked), ``gt_rounds`` (those with a ``gt_index``), R@k, MRR and mean
     rank over the ``gt_rounds`` (absent when there are none, as on test), and NDCG over the dense
@@ -374,8 +324,9 @@ def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[
     entries ``{"image_id", "round_id" (1-based), "ranks"}`` (:func:`option_ranks`), one per ranked
     round. ``faithful_to_original``: see the module docstring.
     """
-    feats = compute_features(model, {d.image_id: images[d.image_id] for d in dialogs if d.image_id in images},
-                             squash=faithful_to_original)
+    skip_log = SkipLog() if skip_log is None else skip_log
+    used = usable_images({d.image_id: images[d.image_id] for d in dialogs if d.image_id in images}, skip_log)
+    feats = compute_features(model, used, squash=faithful_to_original)
     tok = model.tokenizer
     flat: list[torch.Tensor] = []  # scores of every scored round, dialog by dialog
     where: dict[tuple[int, int], int] = {}  # (dialog index, round index) -> position in flat
@@ -431,7 +382,7 @@ def visdial_answer_ranking(model, dialogs: list[VisDialDialog], images: Mapping[
             out["dense_rounds"] = len(rows)
     if return_ranks:
         out["submission"] = submission
-    return out
+    return out | skip_counts(skip_log)
 
 
 def dialogue_text(d: VisDialDialog, rounds: int = 10) -> str:
@@ -443,15 +394,18 @@ def dialogue_text(d: VisDialDialog, rounds: int = 10) -> str:
 @inference
 def visdial_image_retrieval(model, dialogs: list[VisDialDialog], images: Mapping[str, Any], *, ks=(1, 5, 10),
                             rounds: int = 10, faithful_to_original: bool = False,
-                            batch_size: int = 16) -> dict:
+                            batch_size: int = 16, skip_log: SkipLog | None = None) -> dict:
     """Dialogue -> image retrieval among the dialogues' own images (VisDial "T2I").
 
     Text side: :func:`dialogue_text` (answered rounds only) followed by [RET]. Corrected: for each
     dialogue, rank all images by cosine. ``faithful_to_original``: for each *image* rank all
     dialogues by ``v · t̂`` with v unnormalised (what the original computed under the T2I label).
-    Dialogues whose image is missing are counted in ``skipped``; those without an answered round
-    (a test dialog at round 1) in ``no_answered_rounds``.
+    Dialogues whose image is missing, or is a file that does not decode (counted by reason in
+    ``skip_log`` and under ``"skips"``), are counted in ``skipped``; those without an answered round
+    (a test dialog at round 1) in ``no_answered_rounds``. ``"trivial"`` names the R@k with k >= n.
     """
+    skip_log = SkipLog() if skip_log is None else skip_log
+    images = usable_images({d.image_id: images[d.image_id] for d in dialogs if d.image_id in images}, skip_log)
     with_image = [d for d in dialogs if d.image_id in images]
     kept = [d for d in with_image if dialogue_text(d, rounds)]
     if not kept:
@@ -467,7 +421,8 @@ def visdial_image_retrieval(model, dialogs: list[VisDialDialog], images: Mapping
     ranks = target_ranks(scores, torch.arange(len(kept)))
     out = {"n": len(kept), "skipped": len(dialogs) - len(with_image),
            "no_answered_rounds": len(with_image) - len(kept), "direction": direction}
-    return out | {name: val for name, val in rank_metrics(ranks, ks).items() if name.startswith("R@")}
+    out |= {name: val for name, val in rank_metrics(ranks, ks).items() if name.startswith("R@")}
+    return out | trivial_cutoffs(ks, len(kept)) | skip_counts(skip_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,9 +434,7 @@ def _run(args) -> int:
     skips, outside = SkipLog(), args.allow_outside_root  # bad rows and images: skipped, counted, reported
     if args.task == "recall":
         pairs = read_pairs(args.pairs, args.image_root, skip_log=skips, allow_outside_root=outside)[: args.limit]
-        good = readable_images([p for _, p in pairs], skips)
-        pairs = [(c, p) for c, p in pairs if p in good]
-        result = recall_at_k_dataset(model, pairs, ks, batch_size=args.batch_size, progress=True)
+        result = recall_at_k_dataset(model, pairs, ks, batch_size=args.batch_size, progress=True, skip_log=skips)
     elif args.task == "vist":
         if args.stories:
             stories, paths = read_story_list(args.stories, image_root=args.images, skip_log=skips,
@@ -493,19 +446,16 @@ def _run(args) -> int:
             found = find_images(args.images)
             used = {i for s in stories for i in s.images}
             paths = {i: found[i] for i in used if i in found}
-        stories = stories[: args.limit]
-        good = readable_images(paths.values(), skips)  # a story with a bad image is skipped and counted
-        paths = {i: p for i, p in paths.items() if p in good}
+        stories = stories[: args.limit]  # a story with a bad image is skipped, the image counted in skips
         result = contextual_retrieval(model, stories, paths, n_captions=args.captions, n_images=args.context_images,
-                                      ks=ks, faithful_to_original=faithful, batch_size=args.batch_size)
+                                      ks=ks, faithful_to_original=faithful, batch_size=args.batch_size,
+                                      skip_log=skips)
     else:
         if args.submission and args.part == "retrieval":
             raise FromageError("--submission needs the answer ranking (--part answers or both)")
         dialogs = read_visdial(args.data)[: args.limit]
         found = find_images(args.images)
-        paths = {d.image_id: found[d.image_id] for d in dialogs if d.image_id in found}
-        good = readable_images(paths.values(), skips)
-        paths = {i: p for i, p in paths.items() if p in good}
+        paths = usable_images({d.image_id: found[d.image_id] for d in dialogs if d.image_id in found}, skips)
         result = {}
         if args.part in ("answers", "both"):
             dense = read_visdial_dense(args.dense) if args.dense else None
@@ -525,6 +475,10 @@ def _run(args) -> int:
     result = {"task": args.task, "protocol": "faithful_to_original" if faithful else "corrected", **result,
               "skips": skips.summary()["counts"]}
     print(json.dumps(result, indent=2))
+    for part in (result, result.get("answers", {}), result.get("retrieval", {})):
+        if part.get("trivial"):
+            print(f"note: {', '.join(part['trivial'])} is 1 whatever the model does here (k >= the number of "
+                  'candidates), so it is marked "trivial"; evaluate on more items', file=sys.stderr)
     if args.out:
         write_json(args.out, result)
     return 0
