@@ -170,7 +170,10 @@ def _run(args) -> int:
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        line = _read_line()
+        if line is None:
+            print("error: that line is not UTF-8 text (a file in another encoding?); type it again", flush=True)
+            continue
         if not line or line.strip() in ("/quit", "/exit"):
             return 0
         line = line.strip()
@@ -199,6 +202,15 @@ def _run(args) -> int:
         print("A:" + result.text.rstrip(), flush=True)
         for out in save_retrieved(result, args.out_dir, turn, args.index, fetch_urls=args.fetch_urls):
             print(out, flush=True)
+
+
+def _read_line() -> str | None:
+    """The next line of stdin ("" at the end), or None when it is not valid UTF-8."""
+    raw = getattr(sys.stdin, "buffer", None)
+    try:
+        return sys.stdin.readline() if raw is None else raw.readline().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def register(sub):

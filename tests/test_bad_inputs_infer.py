@@ -123,3 +123,12 @@ def test_a_long_question_after_an_image_keeps_the_image_and_its_answer(toy):
     result = chat.ask("and " + "is it big " * 75 + "?")  # fits alone, but not after the first turn
     assert chat.notes and chat.history[0] is img  # the image moved into the question that remains
     assert chat.history[-1] == result.text + "\n"  # and the answer joined the history
+
+
+def test_chat_input_that_is_not_utf8_is_one_line_and_the_session_goes_on():
+    r = subprocess.run([sys.executable, "-m", "fromage_mini.cli", "chat", "--model", TOY],
+                       input=b"caf\xe9 au lait?\nwhat is it?\n", capture_output=True, timeout=120)
+    out = r.stdout.decode().splitlines()
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()
+    assert out[0] == "error: that line is not UTF-8 text (a file in another encoding?); type it again"
+    assert out[1].startswith("A:") and len([ln for ln in out if ln.startswith("A:")]) == 1
