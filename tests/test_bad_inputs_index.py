@@ -166,6 +166,7 @@ def test_search_says_when_the_index_is_empty_and_refuses_k_below_1(model, tmp_pa
     with pytest.raises(SystemExit) as e:
         main(["index", "search", "--model", str(tmp_path / "ckpt"), "--index", str(tmp_path / "idx"), "-k", "0", "x"])
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("argument -k: expected a positive integer, got '0'")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("argument -k: expected a positive integer, got '0'")
     assert main(["index", "search", "--model", str(tmp_path / "ckpt"), "--index", str(tmp_path / "idx"), "x"]) == 0
     assert capsys.readouterr().out.strip().endswith("a.png")

@@ -246,20 +246,18 @@ def test_nan_in_saved_adapters_is_refused_in_one_line(make_model, tmp_path):
                            "whose loss diverged); refusing to load it")
 
 
-def test_nan_in_a_feature_cache_is_rebuilt_with_one_line(make_model, data, tmp_path):
-    from fromage_mini.data.cache import cached_split
-
-    m = make_model("opt")
-    c = cached_split(m, str(data["val"]), tmp_path / "cache", "val", log=print)
-    feats = c.folder / c.info["shards"][0]["features"]
-    arr = np.load(feats)
-    arr[3, 0] = np.nan
-    np.save(feats, arr)
+def test_nan_in_a_feature_cache_is_said_left_out_and_counted(mcfg, data, tmp_path):
+    tc = tcfg(data, cache_dir=str(tmp_path / "cache"), center_heads=True)  # 4 steps: one epoch, every row
+    train(mcfg, tc, tmp_path / "r0", log=lambda *a: None)  # builds both caches
+    for feats in (tmp_path / "cache").rglob("feat_00000.npy"):  # row 0 of each split: centring uses it
+        arr = np.load(feats)
+        arr[0, 0] = np.nan
+        np.save(feats, arr)
     lines = []
-    again = cached_split(m, str(data["val"]), tmp_path / "cache", "val", log=lines.append)
-    assert lines == [f"[val] the feature cache {c.folder} holds 1 rows with NaN or inf (a damaged file); rebuilding it"]
-    assert len(again) == 8 and torch.isfinite(again.all_features()).all()
-    assert torch.equal(again.features([0, 1, 2]), c.features([0, 1, 2]))
-    lines.clear()
-    cached_split(m, str(data["val"]), tmp_path / "cache", "val", log=lines.append)
-    assert lines == []  # rebuilt once; the next run reuses it
+    m = train(mcfg, tc, tmp_path / "r1", log=lines.append)
+    said = [ln for ln in lines if "hold NaN or inf" in ln]
+    assert len(said) == 2 and said[0].startswith("[train] 1 rows of the feature cache ") and said[0].endswith(
+        "hold NaN or inf (a damaged file): they are left out and counted; delete that folder to rebuild it")
+    assert m["skips"]["validation_rows"] == {"non_finite_feature": 1}
+    assert m["skips"]["training_rows"] == {"non_finite_feature": 1}
+    assert np.isfinite(m["t2i"]["R@1"])  # centring and validation used the finite rows (was a NaN run)

@@ -217,8 +217,8 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
     cache. ``allow_outside_root`` and ``image_root`` (the folder a TSV's image paths are relative to;
     default the TSV's own) go to the TSV reader. No usable sample, or a cache folder that
     cannot be written, is a one-line :class:`FromageError`; a failed write (a full disk) removes the
-    half-built cache. A finished cache holding NaN or inf rows (a damaged file: a build never stores
-    one) is rebuilt, with one log line, never used.
+    half-built cache. NaN or inf rows in a finished cache (a damaged file: a build never stores one)
+    are said in one log line; the trainer leaves them out and counts them, never uses them.
     """
     from ..paths import resolve
     from .readers import SkipLog, open_reader, source_fingerprint
@@ -235,11 +235,10 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
         if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
             cache = FeatureCache(folder)
             bad = cache.non_finite_rows()
-            if not bad:
-                return cache
-            log(f"[{split}] the feature cache {folder} holds {bad} rows with NaN or inf (a damaged file); "
-                "rebuilding it")
-            shutil.rmtree(folder)
+            if bad:
+                log(f"[{split}] {bad} rows of the feature cache {folder} hold NaN or inf (a damaged file): they are "
+                    "left out and counted; delete that folder to rebuild it")
+            return cache
         extra = {"image_root": image_root} if image_root else {}
         samples = open_reader(spec, skip_log=skips, allow_outside_root=allow_outside_root, **extra)
         try:

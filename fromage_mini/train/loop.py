@@ -69,7 +69,11 @@ def center_heads(model, cache: FeatureCache, n: int = 512) -> None:
     component, and starting t and v at zero mean lets InfoNCE work on what differs from the start.
     """
     idx = list(range(min(n, len(cache))))
-    model.image_head.bias.sub_(model.encode_images(cache.features(idx).to(model.device)).mean(0))
+    feats = cache.features(idx)
+    ok = torch.isfinite(feats.flatten(1)).all(dim=1)
+    if not bool(ok.all()):  # rows of a damaged cache file are left out here too (and counted by the trainer)
+        idx, feats = [i for i, good in zip(idx, ok.tolist()) if good], feats[ok]
+    model.image_head.bias.sub_(model.encode_images(feats.to(model.device)).mean(0))
     b = {k: v.to(model.device) for k, v in model.tokenize([cache.captions[i] for i in idx]).items()}
     model.text_heads[0][0].bias.sub_(model.encode_text(b["input_ids"], b["attention_mask"]).mean(0))
 
@@ -245,7 +249,8 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
                "train_seconds": round(state["train_seconds"], 2), "cache_seconds": round(cache_seconds, 2),
                "steps": state["step"], **ending(state, cfg),  # steps done of planned, stopped by max_seconds?
                "skips": {"train": train_cache.info.get("skips", {}), "val": val_cache.info.get("skips", {}),
-                         "training_rows": state.get("skipped_rows", {})}}
+                         "training_rows": state.get("skipped_rows", {}),
+                         "validation_rows": _damaged(val_cache)}}
     if "captions" in best:
         metrics["captions"] = best["captions"]
     write_json(run.path / "metrics.json", metrics)
@@ -255,6 +260,12 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
                           f"val t2i R@1 {best['t2i']['R@1']:.3f}")  # never raises: a failure is one log line
     dist.shutdown()
     return metrics
+
+
+def _damaged(cache: FeatureCache) -> dict:
+    """Rows of a damaged cache file (NaN/inf) that validation left out, as a skip count."""
+    n = cache.non_finite_rows()
+    return {"non_finite_feature": n} if n else {}
 
 
 def _fmt(d: dict) -> str:
