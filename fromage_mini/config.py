@@ -75,6 +75,11 @@ class FromageConfig:
             cell, each through the ``projector``. The image retrieval head reads the pooled f in both.
         grid_size: g, cells per side of the grid prefix.
         grid_layer: the tower layer whose patch tokens are pooled (-1: the last layer's output).
+        cell_names: for the grid prefix, one short text per cell in reading order (e.g. "top left", ...,
+            "bottom right"), or None. When set, each cell's token follows its name and a colon
+            (`` top left: <cell> top: <cell> ...``), so a frozen LM reads *where* a cell is as words
+            instead of learning it from a position in the prefix. The names are frozen LM tokens;
+            they lengthen the prefix (:attr:`Fromage.n_prefix`) but add no trained parameter.
         projector: for the grid prefix, ``"linear"`` (D -> d per cell) or ``"mlp"`` (D -> d -> d with
             a GELU between, as LLaVA-1.5); the pooled prefix is always FROMAGe's linear map.
         ret_dim: q, the size of the shared retrieval space.
@@ -108,6 +113,7 @@ class FromageConfig:
     visual_prefix: str = "pooled"
     grid_size: int = 3
     grid_layer: int = -1
+    cell_names: tuple[str, ...] | None = None
     projector: str = "linear"
     ret_dim: int = 256
     ret_layers: tuple[int, ...] = (-1,)
@@ -131,6 +137,15 @@ class FromageConfig:
                 isinstance(x, int) and not isinstance(x, bool) for x in self.ret_layers) or not self.ret_layers:
             raise ConfigError(f"ret_layers={self.ret_layers!r}: must be a non-empty tuple of layer numbers")
         self.ret_layers = tuple(self.ret_layers)
+        if self.cell_names is not None:
+            names = self.cell_names
+            if (isinstance(names, str) or not isinstance(names, (tuple, list))
+                    or not all(isinstance(n, str) and n.strip() for n in names)):
+                raise ConfigError(f"cell_names={names!r}: must be a tuple of non-empty texts, one per grid cell")
+            self.cell_names = tuple(names)
+            if self.visual_prefix != "grid" or len(names) != self.grid_size ** 2:
+                raise ConfigError(f"cell_names: {len(names)} names need visual_prefix='grid' with grid_size² = "
+                                  f"{len(names)} cells (got {self.visual_prefix}, grid_size={self.grid_size})")
         _validate(self, _MODEL_RULES, frozenset({"ret_init_text", "max_logit_scale"}))
         if self.visual_prefix == "grid":
             self.n_visual_tokens = self.grid_size ** 2  # one LM token per cell
@@ -143,6 +158,8 @@ class FromageConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["ret_layers"] = list(self.ret_layers)
+        if self.cell_names is not None:
+            d["cell_names"] = list(self.cell_names)
         return d
 
     @classmethod

@@ -45,6 +45,10 @@ PRESETS: dict[str, tuple[dict, dict]] = {
              lr=3e-4, max_steps=20_000, val_every=2000, caption_eval=100),
     ),
 }
+# smollm2-grid: the smollm2 preset with the grid prefix, its cells named in words (" top left: <cell> ...")
+GRID3_NAMES = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+PRESETS["smollm2-grid"] = ({**PRESETS["smollm2"][0], "visual_prefix": "grid", "grid_size": 3, "projector": "mlp",
+                            "cell_names": GRID3_NAMES}, dict(PRESETS["smollm2"][1]))
 # toy-grid: the toy preset with the grid visual prefix (3x3 cells of the toy CLIP's patch tokens, MLP projector)
 PRESETS["toy-grid"] = ({**PRESETS["toy"][0], "visual_prefix": "grid", "grid_size": 3, "projector": "mlp"},
                        dict(PRESETS["toy"][1]))

@@ -101,3 +101,46 @@ def test_plan_memory_counts_the_grid_tokens_and_cache():
     assert feature_cache_gib("vit-l/14", 3) == pytest.approx(10 * feature_cache_gib("vit-l/14"))
     assert patch_grid_gib("vit-l/14", 1) * 2 ** 30 == 256 * 1024 * 2  # 16x16 patches of 1024 fp16: 512 KiB
 
+
+
+NAMES = ("top left", "top right", "bottom left", "bottom right")
+
+
+def test_named_cells_put_each_cell_token_after_its_name(make_model):
+    """cell_names: " top left:" <cell 1> " top right:" <cell 2> ...; the names are the LM's own frozen
+    word embeddings, the cell tokens the projector's output, and the prefix grows by the names."""
+    m = make_model("opt", "clip", visual_prefix="grid", grid_size=2, concat_prob=0.0, cell_names=NAMES).eval()
+    plain = make_model("opt", "clip", visual_prefix="grid", grid_size=2, concat_prob=0.0).eval()
+    feats = m.image_features(pixels(m))
+    name_ids = [m.tokenizer(f" {n}:", add_special_tokens=False).input_ids for n in NAMES]
+    assert m.n_prefix == 4 + sum(len(i) for i in name_ids) and plain.n_prefix == 4
+    x = m.visual_embeds(feats)  # (B, n_prefix, d)
+    assert x.shape == (2, m.n_prefix, m.dims.d_embed)
+    cells = plain.visual_embeds(feats)  # same seed, same adapters: the bare cell tokens
+    emb = m.lm.get_input_embeddings().weight
+    at = 0
+    for i, ids in enumerate(name_ids):
+        torch.testing.assert_close(x[:, at:at + len(ids)], emb[ids].expand(2, -1, -1))
+        at += len(ids)
+        torch.testing.assert_close(x[:, at], cells[:, i])
+        at += 1
+    # a generated prompt with an image takes n_prefix positions for it, and training runs
+    from fromage_mini.infer.generate import build_inputs
+    prompt = [Image.new("RGB", (40, 40)), "a"]
+    assert len(build_inputs(m, prompt).ids) == len(build_inputs(plain, prompt).ids) + m.n_prefix - 4
+    m.train()
+    m(**m.tokenize(CAPTIONS), features=feats).loss.backward()
+    assert m.cell_embedding.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(cell_names=("a", "b", "c")), "3 names need"),
+    (dict(cell_names="top"), "tuple of non-empty texts"),
+    (dict(cell_names=("a", "", "c", "d")), "tuple of non-empty texts"),
+    (dict(cell_names=("a", "b", "c", "d"), visual_prefix="pooled"), "need visual_prefix='grid'"),
+])
+def test_cell_names_must_name_every_cell_of_a_grid(bad, match):
+    from fromage_mini.config import ConfigError, FromageConfig
+    kw = dict(visual_prefix="grid", grid_size=2) | bad
+    with pytest.raises(ConfigError, match=match):
+        FromageConfig(**kw)

@@ -18,7 +18,7 @@ LAYERS = [
     {"retrieval"},
     {"eval", "tools"},
     {"train"},
-    {"chat", "demo", "cli", "__init__"},
+    {"chat", "qa", "demo", "cli", "__init__"},
 ]
 
 

@@ -261,7 +261,7 @@ def build_inputs(model, prompt, *, bos: str = "once") -> PromptInputs:
     if bos_pending and bos == "once":  # before_bos and no text at all: BOS after the images
         seg_ids.append([bos_id])
 
-    k = model.config.n_visual_tokens
+    k = model.n_prefix
     emb_parts, img_i = [], 0
     if ids:
         emb_parts.append(model.embed_tokens(ids[0][None].to(dev))[0])

@@ -91,6 +91,8 @@ class Fromage(nn.Module):
         # is shared by the cells, and a frozen LM does not tell the cells apart by their positions alone
         self.cell_embedding = nn.Parameter(torch.zeros(k, d)) if config.visual_prefix == "grid" else None
         self.image_dropout = nn.Dropout(config.image_dropout)
+        # cell_names: the frozen name tokens around the cell tokens (-1 marks where a cell token goes)
+        self.register_buffer("prefix_layout", self._prefix_layout(tokenizer, k), persistent=False)
         self.ret_embedding = nn.Parameter(torch.empty(d))
         self.ret_output = None if dims.tied else nn.Parameter(torch.empty(dims.d_out))
         self.text_heads = nn.ModuleList(
@@ -101,10 +103,11 @@ class Fromage(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self._init_ret()
         pairs = config.concat_prob > 0  # concatenated captions: two examples in one row
-        longest = (config.max_len + k) * (2 if pairs else 1)  # the longest training row
+        longest = (config.max_len + self.n_prefix) * (2 if pairs else 1)  # the longest training row
         if self.max_positions is not None and longest > self.max_positions:
             twice = " (x2: concat_prob > 0)" if pairs else ""
-            raise FromageError(f"max_len {config.max_len} + {k} visual tokens{twice} = {longest} positions, "
+            raise FromageError(f"max_len {config.max_len} + {self.n_prefix} visual tokens{twice} = {longest} "
+                               f"positions, "
                                f"more than the LM's {self.max_positions}; lower max_len")
         if any(p.is_meta for p in self.parameters()):
             return
@@ -126,6 +129,23 @@ class Fromage(nn.Module):
         if self.config.projector == "linear":
             return nn.Linear(D, d)  # one cell token -> one LM token
         return nn.Sequential(nn.Linear(D, d), nn.GELU(), nn.Linear(d, d))  # LLaVA-1.5's projector
+
+    def _prefix_layout(self, tokenizer, k: int) -> torch.Tensor:
+        """(n_prefix,) ids of the prefix: -1 where a cell token goes, name tokens between (cell_names)."""
+        names = self.config.cell_names
+        if not names:
+            return torch.full((k,), -1, dtype=torch.long)
+        if tokenizer is None:
+            raise FromageError("cell_names needs the LM's tokenizer")
+        layout = []
+        for name in names:  # " top left:" <cell> " top:" <cell> ...
+            layout += tokenizer(f" {name}:", add_special_tokens=False).input_ids + [-1]
+        return torch.tensor(layout, dtype=torch.long)
+
+    @property
+    def n_prefix(self) -> int:
+        """How many LM positions one image takes: k (or g²) visual tokens, plus the cell names if any."""
+        return int(self.prefix_layout.numel())
 
     def _layer_width(self, layer: int) -> int:
         n = self.dims.n_layers
@@ -249,7 +269,7 @@ class Fromage(nn.Module):
 
         pooled: (B, D) -> Linear -> (B, k·d) -> k tokens. grid: (B, 1 + g², D) -> the g² cell tokens,
         each layer-normalised (no parameters: the towers' patch tokens are not on one scale) and
-        projected to one LM token.
+        projected to one LM token; with ``cell_names`` each follows its name, giving (B, n_prefix, d).
         """
         B = features.shape[0]
         dtype = next(self.visual_prefix.parameters()).dtype
@@ -258,7 +278,15 @@ class Fromage(nn.Module):
             x = self.visual_prefix(F.layer_norm(cells, cells.shape[-1:])) + self.cell_embedding  # (B, g², d)
         else:
             x = self.visual_prefix(features.to(dtype))  # (B, k·d)
-        return self.image_dropout(x).view(B, self.config.n_visual_tokens, self.dims.d_embed)
+        x = self.image_dropout(x).view(B, self.config.n_visual_tokens, self.dims.d_embed)
+        if self.config.cell_names is None:
+            return x
+        # " top left:" x_1 " top:" x_2 ...: the names are frozen word embeddings, the cells the tokens above
+        layout = self.prefix_layout
+        names = self.lm.get_input_embeddings()(layout.clamp(min=0)).to(x.dtype)  # (n_prefix, d)
+        out = names.unsqueeze(0).expand(B, -1, -1).clone()  # (B, n_prefix, d)
+        out[:, layout < 0] = x
+        return out
 
     # ------------------------------------------------------------------------------------------
     # the frozen LM with [RET] spliced into its output
@@ -370,7 +398,7 @@ class Fromage(nn.Module):
         mode). Unlike the original, the second example's BOS is dropped, so the row reads like
         one text with two images in it. An odd last row stays on its own.
         """
-        bos_at = 0 if self.bos_before_image else self.config.n_visual_tokens  # where BOS sits in a row
+        bos_at = 0 if self.bos_before_image else self.n_prefix  # where BOS sits in a row
         keep = mask == 1
         xs, ls = [], []
         for i in range(0, x.shape[0] - 1, 2):
