@@ -12,7 +12,7 @@ import torch
 from ..data.images import IMAGE_SUFFIXES, SQUASH, load_image
 from ..data.readers import BadItem, SkipLog, decode_image, read_image_file
 from ..errors import FromageError
-from ..infer.generate import inference
+from ..infer.modes import inference
 
 
 def find_images(folder) -> dict[str, Path]:
@@ -36,10 +36,10 @@ def find_images(folder) -> dict[str, Path]:
 @inference
 def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
                      batch_size: int = 32, progress: bool = False) -> dict[str, torch.Tensor]:
-    """{id: PIL / path / feature / (3, H, W) pixels} -> {id: feature} (``infer.generate.feature_shape``), in batches."""
+    """{id: PIL / path / feature / (3, H, W) pixels} -> {id: feature} (``infer.prompt.feature_shape``), in batches."""
     from tqdm.auto import tqdm
 
-    from ..infer.generate import to_features
+    from ..infer.prompt import to_features
 
     keys = list(images)
     out: dict[str, torch.Tensor] = {}

@@ -1,7 +1,7 @@
 """Scoring without generation: retrieval vectors and log-likelihoods of interleaved prompts.
 
-These are the building blocks of the evaluations (``eval/benchmarks.py``). A *prompt* is what
-:func:`fromage_mini.infer.generate.build_inputs` takes: a ``str`` or a list of ``str`` / PIL images /
+These are the building blocks of the evaluations (``eval/``). A *prompt* is what
+:func:`fromage_mini.infer.prompt.build_inputs` takes: a ``str`` or a list of ``str`` / PIL images /
 tensors ((D,) features or (3, H, W) pixels) in any order.
 
 Batches are right-padded: with a causal LM the real tokens never attend to the padding after
@@ -16,7 +16,8 @@ import torch
 from ..errors import FromageError
 from ..model.backbones import kv_cache
 from ..model.packing import right_pad
-from .generate import IMAGE, PromptInputs, as_items, build_inputs, fit_context, inference, pad_batch, to_features
+from .modes import inference
+from .prompt import IMAGE, PromptInputs, as_items, build_inputs, fit_context, pad_batch, to_features
 
 
 def _with_ret(model, inp: PromptInputs) -> PromptInputs:
@@ -40,7 +41,7 @@ def text_vectors(model, prompts, *, batch_size: int = 32, bos: str = "once") -> 
 
     Each prompt (a ``str`` or an interleaved list) gets [RET] appended if it does not already end
     with it; its vector is read from the hidden states at that final [RET] input position.
-    ``bos``: see :func:`~fromage_mini.infer.generate.build_inputs`.
+    ``bos``: see :func:`~fromage_mini.infer.prompt.build_inputs`.
     """
     prompts = _as_prompt_list(prompts)
     out = []

@@ -6,7 +6,7 @@
              framed in green with a ✓, and that image's rank among all N
 
 Everything is computed from the validation split's feature cache, as the trainer's validation does
-(``validate.retrieval_vectors``, ``infer.generate.caption``, ``TensorIndex``); the images themselves
+(``validate.retrieval_vectors``, ``infer.caption.caption``, ``TensorIndex``); the images themselves
 are read only to be drawn (:func:`~fromage_mini.data.readers.read_images`). A TSV gives any row's image
 cheaply; shards and datasets are streamed, and only for their first ``max_scan`` rows: a tile whose
 image is not found shows its caption instead.
@@ -58,17 +58,15 @@ def write_gallery(model, cache: FeatureCache, out_path, *, images=None, n_images
     captioned greedily; the captions of ``queries`` rows spread through the split search all N images
     (rows whose vectors are not finite are left out, as in validation). Returns what was drawn.
     """
-    from ..infer.generate import TensorIndex, caption
+    from ..infer.caption import caption
+    from ..infer.modes import eval_mode
+    from ..infer.tensor_index import TensorIndex
     from .validate import retrieval_vectors
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         rows = list(range(min(n_images, len(cache))))
         preds = caption(model, cache.features(rows).to(model.device)) if rows else []
         t, v = retrieval_vectors(model, cache)  # (N, q), (N, q)
-    finally:
-        model.train(was_training)
     ok = torch.isfinite(t).all(1) & torch.isfinite(v).all(1)  # (N,)
     good = ok.nonzero()[:, 0].tolist()
     qrows = [good[j] for j in spread(len(good), queries)]

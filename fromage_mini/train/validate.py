@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.cache import FeatureCache
+from ..infer.modes import eval_mode
 from ..metrics import recall_at_k, token_f1
 
 
@@ -33,17 +34,15 @@ def validate(model, cache: FeatureCache, cfg, progress: bool = False) -> dict:
     model does). ``progress``: bars over the retrieval batches and the captions."""
     from .guards import meaningful_ks
 
-    was_training = model.training
-    model.eval()
-    t, v = retrieval_vectors(model, cache, cfg.val_batch_size, progress)
-    ok = torch.isfinite(v).all(dim=1) & torch.isfinite(t).all(dim=1)  # rows from a damaged cache
-    t, v = t[ok], v[ok]
-    scores = F.normalize(t, dim=-1) @ F.normalize(v, dim=-1).T  # (N, N) cosine
-    ks = meaningful_ks(len(t))
-    res = {"t2i": recall_at_k(scores, ks), "i2t": recall_at_k(scores.T, ks)}
-    if cfg.caption_eval:
-        res["captions"] = caption_quality(model, cache, cfg, progress)
-    model.train(was_training)
+    with eval_mode(model):
+        t, v = retrieval_vectors(model, cache, cfg.val_batch_size, progress)
+        ok = torch.isfinite(v).all(dim=1) & torch.isfinite(t).all(dim=1)  # rows from a damaged cache
+        t, v = t[ok], v[ok]
+        scores = F.normalize(t, dim=-1) @ F.normalize(v, dim=-1).T  # (N, N) cosine
+        ks = meaningful_ks(len(t))
+        res = {"t2i": recall_at_k(scores, ks), "i2t": recall_at_k(scores.T, ks)}
+        if cfg.caption_eval:
+            res["captions"] = caption_quality(model, cache, cfg, progress)
     return res
 
 
@@ -51,7 +50,7 @@ def caption_quality(model, cache: FeatureCache, cfg, progress: bool = False) -> 
     """Greedy captions for the first ``caption_eval`` images, scored against the references."""
     from tqdm.auto import tqdm
 
-    from ..infer.generate import caption
+    from ..infer.caption import caption
 
     n = min(cfg.caption_eval, len(cache))
     feats = cache.features(range(n)).to(model.device)
