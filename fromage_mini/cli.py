@@ -18,7 +18,7 @@ COMMANDS = {
     "demo": "fromage_mini.demo",
     "train": "fromage_mini.train.loop",
     "data": "fromage_mini.data.cc3m",
-    "eval": "fromage_mini.eval.benchmarks",
+    "eval": "fromage_mini.eval.cli",
     "chat": "fromage_mini.chat",
     "index": "fromage_mini.retrieval.build",
     "backbones": "fromage_mini.tools.gguf",

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from fromage_mini.eval import benchmarks as ev
+from fromage_mini.eval import visdial, vist
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -72,13 +73,13 @@ def test_vist_protocol_order_bos_and_exclusion(model, monkeypatch):
     stories, _ = ev.read_vist(FIXTURES / "vist_sis_tiny.json")
     images = random_features(model, [i for s in stories for i in s.images])
     seen = {}
-    real = ev.text_vectors
+    real = vist.text_vectors
 
     def spy(m, prompts, **kw):
         seen["prompts"], seen["bos"] = prompts, kw.get("bos")
         return real(m, prompts, **kw)
 
-    monkeypatch.setattr(ev, "text_vectors", spy)
+    monkeypatch.setattr(vist, "text_vectors", spy)
     out = ev.contextual_retrieval(model, stories, images, ks=(1, 6))
     p = seen["prompts"][1]
     assert seen["bos"] == "once" and p[0] == "it was her birthday ." and p[-1] == "everyone went home happy ."
@@ -120,9 +121,9 @@ def test_visdial_ndcg_round_offset_and_ranks(model, monkeypatch):
     dense = ev.read_visdial_dense(FIXTURES / "visdial_tiny_dense.json")
     images = random_features(model, [d.image_id for d in dialogs])
     by_round = {1: torch.tensor([4.0, 3.0, 2.0, 1.0]), 2: torch.tensor([1.0, 2.0, 3.0, 4.0])}
-    monkeypatch.setattr(ev, "log_likelihood", lambda m, ctx, cands, **kw: by_round[ctx[-1].count("Q:")])
-    monkeypatch.setattr(ev, "build_inputs", lambda m, prompt, **kw: prompt[-1])
-    monkeypatch.setattr(ev, "candidate_scores", lambda m, ctx, cands, **kw: by_round[ctx.count("Q:")])
+    monkeypatch.setattr(visdial, "log_likelihood", lambda m, ctx, cands, **kw: by_round[ctx[-1].count("Q:")])
+    monkeypatch.setattr(visdial, "build_inputs", lambda m, prompt, **kw: prompt[-1])
+    monkeypatch.setattr(visdial, "candidate_scores", lambda m, ctx, cands, **kw: by_round[ctx.count("Q:")])
 
     fixed = ev.visdial_answer_ranking(model, dialogs, images, dense, ks=(1, 2))
     # gt ranks: dialog 0 -> 1, 1; dialog 1 -> 2, 4

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from fromage_mini.eval import benchmarks as ev
+from fromage_mini.eval import visdial
 
 # The official test layout, shrunk: 3 dialogs stopping at rounds 3, 2 and 1; only each dialog's last
 # round has answer_options (5 here, 100 in the real file) and none has an answer or gt_index.
@@ -77,7 +78,7 @@ def test_ranking_prompts_end_with_the_question_and_ranks_follow_scores(model, te
         fake[len(prompts)] = torch.randn(len(cands), generator=torch.Generator().manual_seed(len(prompts)))
         return fake[len(prompts)]
 
-    monkeypatch.setattr(ev, "log_likelihood", scores)
+    monkeypatch.setattr(visdial, "log_likelihood", scores)
     out = ev.visdial_answer_ranking(model, dialogs, features(model, IMAGE_IDS), return_ranks=True)
     assert prompts == ["Q: what colour is it?\nA: red\nQ: is it big?\nA: yes\nQ: how many are there?\nA:",
                        "Q: how many are there?\nA: two\nQ: is it sunny?\nA:", "Q: any people?\nA:"]
@@ -97,13 +98,13 @@ def test_option_ranks_ties_and_nan():
 
 def test_retrieval_uses_answered_rounds_only(model, test_json, monkeypatch):
     seen = {}
-    real = ev.text_vectors
+    real = visdial.text_vectors
 
     def spy(m, prompts, **kw):
         seen["prompts"] = prompts
         return real(m, prompts, **kw)
 
-    monkeypatch.setattr(ev, "text_vectors", spy)
+    monkeypatch.setattr(visdial, "text_vectors", spy)
     out = ev.visdial_image_retrieval(model, ev.read_visdial(test_json), features(model, IMAGE_IDS), ks=(1, 2))
     assert seen["prompts"] == ["Q: what colour is it? A: red. Q: is it big? A: yes.", "Q: how many are there? A: two."]
     assert out["n"] == 2 and out["no_answered_rounds"] == 1 and out["skipped"] == 0 and out["R@2"] == 1.0
