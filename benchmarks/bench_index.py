@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine
 
-import fromage_mini.retrieval.index as I
+import fromage_mini.retrieval.search as S
 from fromage_mini.files import write_json
 from fromage_mini.retrieval.index import IndexWriter, RetrievalIndex
 
@@ -141,12 +141,12 @@ def compare_strategies(idx, rng, reps: int = 5) -> dict:
 
     def with_patch(name, value, fn):
         def run():
-            old = getattr(I, name)
-            setattr(I, name, value)
+            old = getattr(S, name)
+            setattr(S, name, value)
             try:
                 fn()
             finally:
-                setattr(I, name, old)
+                setattr(S, name, old)
         return run
 
     cases = {
