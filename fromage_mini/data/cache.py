@@ -1,22 +1,26 @@
-"""Frozen-feature cache: pooled vision features computed once, stored memory-mapped.
+"""Frozen-feature cache: each image's vision feature computed once, stored memory-mapped.
 
-With a frozen vision tower the image side of FROMAGe only ever needs one pooled vector per
-image, so we compute it once and train from the cache (the original ran CLIP twice per step and
-decoded every JPEG every epoch). Layout of a cache folder:
+With a frozen vision tower the image side of FROMAGe only ever needs one feature per image (the
+pooled vector; with a grid prefix, the pooled vector and the grid cells), so we compute it once and
+train from the cache (the original ran CLIP twice per step and decoded every JPEG every epoch).
+Layout of a cache folder:
 
-    index.json            fingerprint, dim, shard list, skip counts, complete flag
-    feat_00000.npy        (n, D) float16 features of shard 0
+    index.json            fingerprint, dim, feature shape, shard list, skip counts, complete flag
+    feat_00000.npy        (n, *F) float16 features of shard 0: F = (D,) pooled, or (1 + g², D) pooled + grid cells
     meta_00000.json       {"keys": [...], "captions": [...]} for the same rows
 
 A shard is listed in ``index.json`` only after both its files are on disk (each written
 atomically), so an interrupted build resumes at the first missing shard and never reads a torn
-file.
+file. :func:`source_fingerprint` keys a split's cache on the data it was read from.
 """
 from __future__ import annotations
 
+import glob as _glob
 import hashlib
+import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +118,9 @@ class FeatureCache:
 def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int = 4096,
                 skip_log=None, progress: bool = True, total: int | None = None,
                 device: str | torch.device | None = None) -> FeatureCache:
-    """Compute pooled features for ``samples`` (an iterable of records with ``.key``, ``.caption``,
-    ``.image``) with ``model``'s frozen vision tower, and store them in ``folder``.
+    """Compute each sample's image feature (``model.image_features``: (D,) pooled, or (1 + g², D) with
+    grid cells) with ``model``'s frozen vision tower, and store them in ``folder``. ``samples``: an
+    iterable of records with ``.key``, ``.caption``, ``.image``.
 
     Resumable: shards already listed in ``folder/index.json`` are skipped (their samples are
     still read from ``samples`` to keep the order). A finished cache is returned as is.
@@ -139,58 +144,68 @@ def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int
             return FeatureCache(folder)
         info = old
     done_rows = info.get("consumed", 0)  # samples read up to the end of the last stored shard
-    device = device or model.device
     bar = tqdm(total=total, desc="caching features", unit="img", disable=not progress, smoothing=0.1)
     bar.update(done_rows)
-
-    feats, keys, caps, imgs, pending_meta = [], [], [], [], []
-    bad_feature = 0
-    seen = 0
-
-    def flush_batch():
-        nonlocal bad_feature
-        if not imgs:
-            return
-        px = model.preprocess(imgs).to(device)
-        f = model.image_features(px).cpu()  # (B, *shape)
-        info["shape"] = list(f.shape[1:])
-        ok = torch.isfinite(f.flatten(1)).all(dim=1)
-        bad_feature += int((~ok).sum())
-        feats.append(f[ok].half().numpy())
-        for (k, c), good in zip(pending_meta, ok.tolist()):
-            if good:
-                keys.append(k)
-                caps.append(c)
-        bar.update(len(imgs))
-        imgs.clear()
-        pending_meta.clear()
-
-    def flush_shard():
-        if not keys:
-            return
-        arr = np.concatenate(feats)
-        i = len(info["shards"])
-        save_numpy(folder / f"feat_{i:05d}.npy", arr)
-        write_json(folder / f"meta_{i:05d}.json", {"keys": list(keys), "captions": list(caps)})
-        info["shards"].append({"features": f"feat_{i:05d}.npy", "meta": f"meta_{i:05d}.json", "n": len(keys)})
-        info["consumed"] = seen
-        write_json(folder / "index.json", info)  # the shard counts only once this lands
-        feats.clear(), keys.clear(), caps.clear()
-
+    w = _ShardWriter(folder, info, model, device or model.device, bar)
     t0 = time.time()
     for s in samples:
-        seen += 1
-        if seen <= done_rows:  # already cached in an earlier, interrupted run
+        w.seen += 1
+        if w.seen <= done_rows:  # already cached in an earlier, interrupted run
             continue
-        imgs.append(s.image)
-        pending_meta.append((s.key, s.caption))
-        if len(imgs) == batch_size:
-            flush_batch()
-            if sum(len(x) for x in feats) >= shard_size:
-                flush_shard()
-    flush_batch()
-    flush_shard()
+        w.imgs.append(s.image)
+        w.pending_meta.append((s.key, s.caption))
+        if len(w.imgs) == batch_size:
+            w.flush_batch()
+            if sum(len(x) for x in w.feats) >= shard_size:
+                w.flush_shard()
+    w.flush_batch()
+    w.flush_shard()
     bar.close()
+    return _finish(folder, info, skip_log, w.bad_feature, t0)
+
+
+class _ShardWriter:
+    """Images -> features a batch at a time, buffered into shards that land on disk one at a time."""
+
+    def __init__(self, folder: Path, info: dict, model, device, bar):
+        self.folder, self.info, self.model, self.device, self.bar = folder, info, model, device, bar
+        self.feats, self.keys, self.caps = [], [], []  # the shard being filled: (b, *F) arrays, its rows' meta
+        self.imgs, self.pending_meta = [], []  # the batch being filled: images, (key, caption)
+        self.bad_feature = 0  # rows whose feature held NaN or inf (never stored)
+        self.seen = 0  # samples read so far, stored or not
+
+    def flush_batch(self) -> None:
+        if not self.imgs:
+            return
+        px = self.model.preprocess(self.imgs).to(self.device)
+        f = self.model.image_features(px).cpu()  # (B, *F)
+        self.info["shape"] = list(f.shape[1:])
+        ok = torch.isfinite(f.flatten(1)).all(dim=1)
+        self.bad_feature += int((~ok).sum())
+        self.feats.append(f[ok].half().numpy())
+        for (k, c), good in zip(self.pending_meta, ok.tolist()):
+            if good:
+                self.keys.append(k)
+                self.caps.append(c)
+        self.bar.update(len(self.imgs))
+        self.imgs.clear()
+        self.pending_meta.clear()
+
+    def flush_shard(self) -> None:
+        if not self.keys:
+            return
+        arr = np.concatenate(self.feats)  # (n, *F)
+        info, i = self.info, len(self.info["shards"])
+        save_numpy(self.folder / f"feat_{i:05d}.npy", arr)
+        write_json(self.folder / f"meta_{i:05d}.json", {"keys": list(self.keys), "captions": list(self.caps)})
+        info["shards"].append({"features": f"feat_{i:05d}.npy", "meta": f"meta_{i:05d}.json", "n": len(self.keys)})
+        info["consumed"] = self.seen
+        write_json(self.folder / "index.json", info)  # the shard counts only once this lands
+        self.feats.clear(), self.keys.clear(), self.caps.clear()
+
+
+def _finish(folder: Path, info: dict, skip_log, bad_feature: int, t0: float) -> FeatureCache:
+    """Record the skips and mark the cache complete; a build that stored no row removes ``folder``."""
     summary = skip_log.summary() if skip_log is not None else {"counts": {}, "examples": {}}
     skips = dict(summary["counts"])  # reason -> count, e.g. {"corrupt_image": 3}
     if bad_feature:
@@ -212,7 +227,7 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
     """Features for one split, computed on first use and reused while the data is unchanged.
 
     The cache folder is keyed on the vision fingerprint and on the data's content
-    (:func:`~fromage_mini.data.readers.source_fingerprint`: file bytes, sizes and mtimes, and those of
+    (:func:`source_fingerprint`: file bytes, sizes and mtimes, and those of
     every image a TSV names), so an edited caption, an added row or a replaced image builds a new
     cache. ``allow_outside_root`` and ``image_root`` (the folder a TSV's image paths are relative to;
     default the TSV's own) go to the TSV reader. No usable sample, or a cache folder that
@@ -221,7 +236,7 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
     are said in one log line; the trainer leaves them out and counts them, never uses them.
     """
     from ..paths import resolve
-    from .readers import SkipLog, open_reader, source_fingerprint
+    from .readers import SkipLog, open_reader
 
     if not spec:
         raise FromageError(f"no {split} data given (set {split}_data)")
@@ -251,3 +266,45 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
     if cache.info.get("skips"):
         log(f"[{split}] skipped {sum(cache.info['skips'].values())} samples: {cache.info['skips']}")
     return cache
+
+
+def source_fingerprint(spec, *, allow_outside_root: bool = False, image_root=None) -> str:
+    """A short hash of what :func:`~.readers.open_reader` would read from ``spec``; it changes with the data.
+
+    A TSV: its path, size, mtime and bytes, and the path, size and mtime of every image it names. A
+    folder, a glob, a shard or a parquet file: the path, size and mtime of each file. ``hf:NAME``: the
+    name only. Used to key caches, so an edited caption, an added row or a replaced image is never
+    served from an old cache.
+    """
+    from .readers.folder import _cannot_list, _check_listable
+    from .readers.tsv import read_table
+
+    s = str(spec)
+    root = None if image_root is None else os.path.abspath(image_root)
+    h = hashlib.sha256(repr((os.path.abspath(s), allow_outside_root) + ((root,) if root else ())).encode())
+    if s.startswith("hf:"):
+        return h.hexdigest()[:16]
+    p = Path(s)
+    if p.is_dir():
+        _check_listable(p)
+        files = sorted(Path(d, f) for d, _, fs in os.walk(p, onerror=_cannot_list) for f in fs)
+    else:
+        files = sorted(Path(f) for f in _glob.glob(s)) if _glob.has_magic(s) else [p]
+    for f in files:
+        h.update(_identity(f))
+    if p.suffix == ".tsv" and p.is_file():
+        with os_errors("read it"), open(p, "rb") as f:
+            for block in iter(partial(f.read, 1 << 20), b""):
+                h.update(block)
+        for _, row in read_table(p):
+            h.update(_identity(Path(root or p.parent) / row["image"]))
+    return h.hexdigest()[:16]
+
+
+def _identity(path: Path) -> bytes:
+    """Path, size and mtime of a file (or why it cannot be stat'ed), as bytes to hash."""
+    try:
+        st = path.stat()
+        return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+    except OSError as e:
+        return f"{path}\0{e.errno}\n".encode()
