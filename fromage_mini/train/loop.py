@@ -2,7 +2,8 @@
 
     fromage-mini train --preset toy --out runs/toy
 
-1. Read both splits with the data readers and cache their pooled vision features (once).
+1. Read both splits with the data readers and cache their vision features once (pooled (n, D), or
+   (n, 1 + g², D) with grid cells).
 2. AdamW on the adapters only; linear warm-up, then constant (or cosine) lr; gradient clipping.
 3. Every ``val_every`` steps: recall@k both ways on the whole validation split and greedy-caption
    quality; the best checkpoint (by text→image R@1, as the original) is kept.
@@ -23,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -97,14 +100,39 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     """Train the adapters; returns the final metrics (also written to ``out/metrics.json``).
 
     ``out`` must be new or empty unless ``resume`` (continue from ``out/last.json``) or
-    ``overwrite`` (delete the run that is there).
+    ``overwrite`` (delete the run that is there). The phases below, in order: set up, cache the
+    features, start (or resume) the optimizer, run the steps, write the outputs.
     """
-    from tqdm.auto import tqdm
+    r = _setup(model_cfg, cfg, out, resume, overwrite, log)
+    _open_caches(r, cfg, log)
+    _start_state(r, cfg, resume, log)
+    _run_steps(r, model_cfg, cfg, log)
+    return _outputs(r, cfg, log)
 
+
+@dataclass
+class _Training:
+    """What the phases of :func:`train` share: this process's place, the run folder, the model, the
+    data, the optimizer and the resumable ``state`` (step, epoch, data position, best R@1, history)."""
+
+    ddp: bool
+    main: bool  # rank 0 (or the only process): builds caches, validates, writes checkpoints
+    device: torch.device
+    run: RunDir
+    model: Any
+    train_cache: FeatureCache | None = None
+    val_cache: FeatureCache | None = None
+    cache_seconds: float = 0.0
+    params: list = field(default_factory=list)
+    opt: Any = None
+    state: dict = field(default_factory=dict)
+
+
+# ---- setup: processes, device, model, run folder -----------------------------------------------
+def _setup(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool, overwrite: bool, log) -> _Training:
     from ..model.fromage import Fromage
     from . import distributed as dist
 
-    # ---- setup: processes, device, model, run folder -----------------------------------------
     ddp = dist.init_from_env()  # launched by torchrun? (no-op otherwise)
     main = dist.is_main()
     device = dist.local_device() if ddp else pick_device(cfg.device)
@@ -116,128 +144,174 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     model = Fromage(model_cfg, device=device)
     if cfg.grad_accum > 1:
         warnings.warn(f"grad_accum={cfg.grad_accum}: gradient accumulation enlarges the LM batch but NOT the "
-                      f"contrastive one - InfoNCE still sees only {cfg.batch_size} negatives per step", stacklevel=2)
+                      f"contrastive one - InfoNCE still sees only {cfg.batch_size} negatives per step", stacklevel=3)
+    return _Training(ddp, main, device, run, model)
 
-    # ---- data: pooled features cached once (rank 0 builds, the others then open) --------------
+
+# ---- data: image features cached once (rank 0 builds, the others then open) ---------------------
+def _open_caches(r: _Training, cfg: TrainConfig, log) -> None:
+    from . import distributed as dist
+
     t_cache = time.time()
     for turn in (True, False):
-        if main == turn:
+        if r.main == turn:
             where = {"image_root": cfg.image_root, "allow_outside_root": cfg.allow_outside_root}
-            train_cache = cached_split(model, cfg.train_data, cfg.cache_dir, "train", log, **where)
-            val_cache = cached_split(model, cfg.val_data, cfg.cache_dir, "val", log, **where)
+            r.train_cache = cached_split(r.model, cfg.train_data, cfg.cache_dir, "train", log, **where)
+            r.val_cache = cached_split(r.model, cfg.val_data, cfg.cache_dir, "val", log, **where)
         dist.barrier()
-    cache_seconds = time.time() - t_cache
-    log(f"features: {len(train_cache)} train, {len(val_cache)} val (dim {train_cache.dim}), {cache_seconds:.1f}s")
-    if len(train_cache) < cfg.batch_size:
-        raise FromageError(f"{cfg.train_data}: only {len(train_cache)} usable pairs, fewer than batch_size")
-    if main:
-        warn_suspicious(cfg, train_cache, val_cache, log)
+    r.cache_seconds = time.time() - t_cache
+    log(f"features: {len(r.train_cache)} train, {len(r.val_cache)} val (dim {r.train_cache.dim}), "
+        f"{r.cache_seconds:.1f}s")
+    if len(r.train_cache) < cfg.batch_size:
+        raise FromageError(f"{cfg.train_data}: only {len(r.train_cache)} usable pairs, fewer than batch_size")
+    if r.main:
+        warn_suspicious(cfg, r.train_cache, r.val_cache, log)
 
-    # ---- optimizer and state: fresh, or resumed from the last checkpoint ------------------------
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "epoch": 0, "pos": 0, "best_r1": -1.0, "train_seconds": 0.0, "history": []}
-    last = run.pointer("last") if resume else None
+
+# ---- optimizer and state: fresh, or resumed from the last checkpoint ----------------------------
+def _start_state(r: _Training, cfg: TrainConfig, resume: bool, log) -> None:
+    r.params = [p for p in r.model.parameters() if p.requires_grad]
+    r.opt = torch.optim.AdamW(r.params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    r.state = {"step": 0, "epoch": 0, "pos": 0, "best_r1": -1.0, "train_seconds": 0.0, "history": []}
+    last = r.run.pointer("last") if resume else None
     if last is not None:
-        state = load_checkpoint(last, model, opt)
-        log(f"resumed from {last} at step {state['step']}")
+        r.state = load_checkpoint(last, r.model, r.opt)
+        log(f"resumed from {last} at step {r.state['step']}")
     elif cfg.center_heads:
-        center_heads(model, train_cache)
-    run.start()  # config.json: written only now that the run (or the resumed one) has really begun
-    run.open_log(state["step"])
+        center_heads(r.model, r.train_cache)
+    r.run.start()  # config.json: written only now that the run (or the resumed one) has really begun
+    r.run.open_log(r.state["step"])
 
-    N, B = len(train_cache), cfg.batch_size
-    perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
+
+# ---- the steps: optimize, check, log, validate and checkpoint -----------------------------------
+def _run_steps(r: _Training, model_cfg: FromageConfig, cfg: TrainConfig, log) -> None:
+    from tqdm.auto import tqdm
+
+    from . import distributed as dist
+
+    state, model, device = r.state, r.model, r.device
+    perm = _permutation(len(r.train_cache), cfg.seed + state["epoch"])
     autocast = autocast_for(device, cfg.precision)
     flops = flops_per_sample(model, model.n_prefix + model_cfg.max_len, model_cfg.max_len)
     peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
-    net = dist.wrap_ddp(model, device) if ddp else model  # DDP over the adapters only
+    net = dist.wrap_ddp(model, device) if r.ddp else model  # DDP over the adapters only
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step", disable=not main)
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step", disable=not r.main)
     t_last, n_since = time.time(), 0
     watch = NonFiniteWatch(device)
     while state["step"] < cfg.max_steps:
-        # ---- one optimizer step: grad_accum micro-batches of B pairs ------------------------------
-        lr = lr_at(cfg, state["step"])
-        for g in opt.param_groups:
-            g["lr"] = lr
-        t0 = time.time()
-        for micro in range(cfg.grad_accum):
-            if state["pos"] + B > N:  # next epoch, new permutation (drop the ragged tail)
-                state["epoch"] += 1
-                state["pos"] = 0
-                perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
-            idx = perm[state["pos"]: state["pos"] + B].tolist()
-            state["pos"] += B
-            batch, feats = _batch(train_cache, dist.shard_indices(idx), model, device, state)  # this rank's share
-            sync = net.no_sync() if ddp and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
-            with sync, autocast:
-                o = net(**batch, features=feats, gather=ddp)
-            with sync:
-                (o.loss / cfg.grad_accum).backward()
-            watch.update(o.loss, state["step"] + 1)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cfg.ret_renorm:
-            model.renorm_ret()
-        state["step"] += 1
-        state["train_seconds"] += time.time() - t0
-        n_since += B * cfg.grad_accum
+        lr, perm, o = _optimizer_step(r, cfg, net, perm, autocast, watch)
+        n_since += cfg.batch_size * cfg.grad_accum
         bar.update(1)
-
-        # ---- a NaN/inf loss or adapters stop the run, checked where the host syncs anyway --------------
         out_of_time = dist.broadcast_from_main(cfg.max_seconds is not None
                                                and state["train_seconds"] >= cfg.max_seconds)
         done = state["step"] == cfg.max_steps or out_of_time
         if done or any(state["step"] % n == 0 for n in (cfg.log_every, cfg.val_every, cfg.ckpt_every)):
-            bad = dist.broadcast_from_main(watch.first_bad(params, state["step"]) if main else None)
-            if bad is not None:
-                bar.close()
-                run.close()
-                raise watch.stop(bad, cfg, run.pointer("last") if main else None)
-
-        # ---- log (with the check above, the only place a step's values are read back from the device) --
+            _stop_if_not_finite(r, cfg, watch, bar)
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.max_steps:
-            sps = n_since / max(time.time() - t_last, 1e-9)
-            mfu = sps * flops / peak if peak else None
-            r1 = in_batch_recall(o.logits_per_text)
-            losses = {k: getattr(o, k).item() for k in ("loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss")}
-            run.log_row(step=state["step"], **{k: f"{v:.4f}" for k, v in losses.items()},
-                        **{k: f"{v:.3f}" for k, v in r1.items()}, lr=f"{lr:.2e}", samples_per_s=f"{sps:.1f}",
-                        mfu="" if mfu is None else f"{mfu:.3f}")
-            bar.set_postfix(loss=f"{losses['loss']:.3f}", r1=f"{r1['t2i_R@1']:.2f}", sps=f"{sps:.0f}")
+            _log_step(r, o, lr, n_since / max(time.time() - t_last, 1e-9), flops, peak, bar)
             t_last, n_since = time.time(), 0
-
-        # ---- validate and checkpoint (rank 0; the others wait at the barrier) ----------------------
-        if (state["step"] % cfg.val_every == 0 or done) and main:
-            res = validate(model, val_cache, cfg, progress=True)  # the unwrapped model: no collectives
-            caps = {k: v for k, v in res.get("captions", {}).items() if k != "examples"}
-            state["history"].append({"step": state["step"], "t2i": res["t2i"], "i2t": res["i2t"],
-                                     **({"captions": caps} if caps else {})})
-            log(f"\nstep {state['step']}: val t2i {_fmt(res['t2i'])}  i2t {_fmt(res['i2t'])}"
-                + (f"  captions {_fmt(caps)}" if caps else ""))
-            if res["t2i"]["R@1"] > state["best_r1"]:
-                state["best_r1"] = res["t2i"]["R@1"]
-                state["best"] = {**res, "step": state["step"]}
-                path = run.save(model, opt, state, state["step"])
-                run.point("best", path)
-                run.point("last", path)
-        if (state["step"] % cfg.ckpt_every == 0 or done) and main and \
-                run.pointer("last") != run.path / "checkpoints" / f"step_{state['step']:06d}":
-            run.point("last", run.save(model, opt, state, state["step"]))
-            run.prune()
-        if done or state["step"] % cfg.val_every == 0 or state["step"] % cfg.ckpt_every == 0:
-            dist.barrier()
+        _validate_and_save(r, cfg, done, log)
         if out_of_time:
             log(f"stopping at step {state['step']}: max_seconds={cfg.max_seconds} reached")
             break
     bar.close()
-    run.close()
+    r.run.close()
 
-    # ---- outputs: metrics.json, curves.png, gallery.png (rank 0 holds the validation results) ---
-    if not main:
+
+def _permutation(n: int, seed: int) -> torch.Tensor:
+    """One epoch's order of the n training rows (n,), from its own seed (so a resumed run continues it)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _optimizer_step(r: _Training, cfg: TrainConfig, net, perm: torch.Tensor, autocast, watch: NonFiniteWatch):
+    """One optimizer step: ``grad_accum`` micro-batches of B pairs. Returns (lr, perm, the last output)."""
+    from . import distributed as dist
+
+    state, N, B = r.state, len(r.train_cache), cfg.batch_size
+    lr = lr_at(cfg, state["step"])
+    for g in r.opt.param_groups:
+        g["lr"] = lr
+    t0 = time.time()
+    for micro in range(cfg.grad_accum):
+        if state["pos"] + B > N:  # next epoch, new permutation (drop the ragged tail)
+            state["epoch"] += 1
+            state["pos"] = 0
+            perm = _permutation(N, cfg.seed + state["epoch"])
+        idx = perm[state["pos"]: state["pos"] + B].tolist()
+        state["pos"] += B
+        batch, feats = _batch(r.train_cache, dist.shard_indices(idx), r.model, r.device, state)  # this rank's share
+        sync = net.no_sync() if r.ddp and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+        with sync, autocast:
+            o = net(**batch, features=feats, gather=r.ddp)
+        with sync:
+            (o.loss / cfg.grad_accum).backward()
+        watch.update(o.loss, state["step"] + 1)
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(r.params, cfg.grad_clip)
+    r.opt.step()
+    r.opt.zero_grad(set_to_none=True)
+    if cfg.ret_renorm:
+        r.model.renorm_ret()
+    state["step"] += 1
+    state["train_seconds"] += time.time() - t0
+    return lr, perm, o
+
+
+def _stop_if_not_finite(r: _Training, cfg: TrainConfig, watch: NonFiniteWatch, bar) -> None:
+    """A NaN/inf loss or adapters stop the run, checked where the host syncs anyway."""
+    from . import distributed as dist
+
+    bad = dist.broadcast_from_main(watch.first_bad(r.params, r.state["step"]) if r.main else None)
+    if bad is not None:
+        bar.close()
+        r.run.close()
+        raise watch.stop(bad, cfg, r.run.pointer("last") if r.main else None)
+
+
+def _log_step(r: _Training, o, lr: float, sps: float, flops: float, peak: float | None, bar) -> None:
+    """One log row (with the finiteness check, the only place a step's values are read back from the device)."""
+    mfu = sps * flops / peak if peak else None
+    r1 = in_batch_recall(o.logits_per_text)
+    losses = {k: getattr(o, k).item() for k in ("loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss")}
+    r.run.log_row(step=r.state["step"], **{k: f"{v:.4f}" for k, v in losses.items()},
+                  **{k: f"{v:.3f}" for k, v in r1.items()}, lr=f"{lr:.2e}", samples_per_s=f"{sps:.1f}",
+                  mfu="" if mfu is None else f"{mfu:.3f}")
+    bar.set_postfix(loss=f"{losses['loss']:.3f}", r1=f"{r1['t2i_R@1']:.2f}", sps=f"{sps:.0f}")
+
+
+def _validate_and_save(r: _Training, cfg: TrainConfig, done: bool, log) -> None:
+    """Validate and checkpoint when due (rank 0; the others wait at the barrier)."""
+    from . import distributed as dist
+
+    state, run, step = r.state, r.run, r.state["step"]
+    if (step % cfg.val_every == 0 or done) and r.main:
+        res = validate(r.model, r.val_cache, cfg, progress=True)  # the unwrapped model: no collectives
+        caps = {k: v for k, v in res.get("captions", {}).items() if k != "examples"}
+        state["history"].append({"step": step, "t2i": res["t2i"], "i2t": res["i2t"],
+                                 **({"captions": caps} if caps else {})})
+        log(f"\nstep {step}: val t2i {_fmt(res['t2i'])}  i2t {_fmt(res['i2t'])}"
+            + (f"  captions {_fmt(caps)}" if caps else ""))
+        if res["t2i"]["R@1"] > state["best_r1"]:
+            state["best_r1"] = res["t2i"]["R@1"]
+            state["best"] = {**res, "step": step}
+            path = run.save(r.model, r.opt, state, step)
+            run.point("best", path)
+            run.point("last", path)
+    if (step % cfg.ckpt_every == 0 or done) and r.main and \
+            run.pointer("last") != run.path / "checkpoints" / f"step_{step:06d}":
+        run.point("last", run.save(r.model, r.opt, state, step))
+        run.prune()
+    if done or step % cfg.val_every == 0 or step % cfg.ckpt_every == 0:
+        dist.barrier()
+
+
+# ---- outputs: metrics.json, curves.png, gallery.png (rank 0 holds the validation results) -------
+def _outputs(r: _Training, cfg: TrainConfig, log) -> dict:
+    from . import distributed as dist
+
+    state, run = r.state, r.run
+    if not r.main:
         dist.shutdown()
         return {}
     if "best" not in state:  # every validation gave a NaN R@1
@@ -246,16 +320,16 @@ def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False,
     best = state["best"]
     metrics = {"t2i": best["t2i"], "i2t": best["i2t"], "best_step": best["step"],
                "checkpoint": str(run.pointer("best")),
-               "train_seconds": round(state["train_seconds"], 2), "cache_seconds": round(cache_seconds, 2),
+               "train_seconds": round(state["train_seconds"], 2), "cache_seconds": round(r.cache_seconds, 2),
                "steps": state["step"], **ending(state, cfg),  # steps done of planned, stopped by max_seconds?
-               "skips": {"train": train_cache.info.get("skips", {}), "val": val_cache.info.get("skips", {}),
+               "skips": {"train": r.train_cache.info.get("skips", {}), "val": r.val_cache.info.get("skips", {}),
                          "training_rows": state.get("skipped_rows", {}),
-                         "validation_rows": _damaged(val_cache)}}
+                         "validation_rows": _damaged(r.val_cache)}}
     if "captions" in best:
         metrics["captions"] = best["captions"]
     write_json(run.path / "metrics.json", metrics)
     run.plot_curves()
-    gallery_for_run(model, run.path, val_cache, cfg, log,
+    gallery_for_run(r.model, run.path, r.val_cache, cfg, log,
                     title=f"{run.path.name}: best checkpoint (step {best['step']}), "
                           f"val t2i R@1 {best['t2i']['R@1']:.3f}")  # never raises: a failure is one log line
     dist.shutdown()
