@@ -103,8 +103,9 @@ class FromageConfig:
         pack_sequences: run the LM on packed rows (several captions per row, block-diagonal causal
             mask, positions restarting per caption) whenever that saves rows; same losses, no work
             on padding. Needs an LM that accepts a 4-D boolean attention mask (OPT, GPT-2, Llama do).
-        lm_dtype: dtype the frozen LM is loaded in: "auto" (bf16 on a bf16-capable GPU,
-            else fp32), "float32", "bfloat16", "float16", or "int8"/"nf4" (bitsandbytes, GPU).
+        lm_dtype: dtype the frozen LM is loaded in: "auto" (``backbones.pick_dtype``: bf16 on a
+            bf16-capable CUDA GPU, fp16 on an older CUDA GPU, fp32 on Apple MPS and on CPUs),
+            "float32", "bfloat16", "float16", or "int8"/"nf4" (bitsandbytes, GPU).
     """
 
     lm: str = "facebook/opt-125m"

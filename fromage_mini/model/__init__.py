@@ -1,11 +1,10 @@
 """The paper: adapters, [RET], the losses, and the backbones and checkpoints they need."""
 from pathlib import Path
 
-import torch
-
 
 def load_model(path, device: str = "auto"):
-    """A trained model on ``device`` ("auto": CUDA if available, else CPU), in eval mode.
+    """A trained model on ``device``, in eval mode. ``"auto"`` follows the one device rule of the
+    package, :func:`~.backbones.pick_device` (CUDA, then Apple MPS, then CPU), as training does.
 
     ``path``: a ``save_pretrained`` folder, or a training run folder (its ``best.json`` names the
     checkpoint to load).
@@ -17,5 +16,5 @@ def load_model(path, device: str = "auto"):
     path = Path(path)
     if (path / "best.json").exists() and not (path / "adapters.safetensors").exists():
         path = read_pointer(path / "best.json")
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else pick_device(device)
+    dev = pick_device(device)
     return Fromage.from_pretrained(path, device=dev).to(dev).eval()

