@@ -1,7 +1,7 @@
 """The shipped grid-prefix model (``data_samples/toy_fromage_grid``): it loads, retrieves and reads the layout.
 
 The dialogue test states the goal the grid prefix was built for; the shipped model does not reach it
-(README, "The grid prefix": the frozen toy LM cannot read a fixed-length grid of cell tokens), so it
+(docs/toy-results.md, "The grid prefix": the frozen toy LM cannot read a fixed-length grid of cell tokens), so it
 is marked as an expected failure, strictly: the day a model passes it, the marker must go.
 """
 import json
@@ -57,7 +57,8 @@ def test_grid_model_reads_the_cells_where_they_are(grid):
     assert loss[0] < loss[1] - 0.05, f"caption CE in place {loss[0]:.3f}, shuffled {loss[1]:.3f}"
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped grid model does not bind attributes (README: The grid prefix)")
+@pytest.mark.xfail(strict=True,
+                   reason="the shipped grid model does not bind attributes (docs/toy-results.md: The grid prefix)")
 def test_three_turn_dialogue_answers_colour_shape_and_count(grid):
     """A dialogue about a validation image (image in the first turn) gets a colour, a shape and a
     count question right, for at least 8 of the first 10 validation scenes that have all three."""
