@@ -132,3 +132,27 @@ def test_chat_input_that_is_not_utf8_is_one_line_and_the_session_goes_on():
     assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()
     assert out[0] == "error: that line is not UTF-8 text (a file in another encoding?); type it again"
     assert out[1].startswith("A:") and len([ln for ln in out if ln.startswith("A:")]) == 1
+
+
+def test_an_image_path_given_as_text_is_refused_and_a_path_object_is_an_image(toy, tmp_path):
+    """A str naming an image file is a mistake (it used to be answered as text); a Path is an image."""
+    img = tmp_path / "scene.png"
+    Image.new("RGB", (64, 64), "red").save(img)
+    with pytest.raises(FromageError, match=r"is the path of an image file, given as text: pass .*pathlib.Path"):
+        generate(toy, [str(img), "Q: what colour is it?\nA:"], max_new_tokens=2)
+    with_path = build_inputs(toy, [img, "Q: what colour is it?\nA:"])
+    with_pil = build_inputs(toy, [Image.open(img), "Q: what colour is it?\nA:"])
+    torch.testing.assert_close(with_path.embeds, with_pil.embeds)
+    assert len(build_inputs(toy, "scene.png is a file name").ids) > 0  # text that only mentions one is text
+
+
+def test_tensor_index_refuses_k_below_one_and_generate_skips_an_empty_index(toy):
+    from fromage_mini.infer.tensor_index import TensorIndex
+
+    index = TensorIndex(torch.randn(3, 4))
+    for k in (0, -1):
+        with pytest.raises(FromageError, match="k must be at least 1"):
+            index.search(torch.randn(4), k=k)
+    empty = TensorIndex(torch.zeros(0, toy.config.ret_dim))
+    out = generate(toy, ["show me a red circle [RET]"], index=empty, max_new_tokens=1)
+    assert all(p.ids == [] for p in out.retrievals)

@@ -55,6 +55,8 @@ class _Retriever:
         self.left -= 1
         q = F.normalize(vector, dim=-1)[None]  # (1, q)
         k = min(len(self.index), self.per_ret + len(self.seen))
+        if k <= 0:  # an empty index: nothing to bring back
+            return empty
         scores, ids = self.index.search(q, k=k, exclude=sorted(self.seen) or None)
         got_s, got_i = [], []
         for s, i in zip(torch.as_tensor(scores).reshape(-1).tolist(), torch.as_tensor(ids).reshape(-1).tolist()):

@@ -29,6 +29,32 @@ class PromptInputs:
     ids: torch.Tensor
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _open_path(item):
+    """A ``pathlib.Path`` in a prompt or an image list is an image file: open it; anything else as is."""
+    from pathlib import PurePath
+
+    if isinstance(item, PurePath):
+        from ..data.images import load_image
+        return load_image(item)
+    return item
+
+
+def _names_an_image_file(text: str) -> bool:
+    """A one-line text ending in an image suffix that names an existing file (a path passed as text)."""
+    from pathlib import Path
+
+    t = text.strip()
+    if "\n" in t or not t.lower().endswith(IMAGE_SUFFIXES):
+        return False
+    try:
+        return Path(t).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _is_image(x) -> bool:
     try:
         from PIL import Image
@@ -55,13 +81,13 @@ def as_items(model, images) -> list:
 def to_features(model, images) -> torch.Tensor:
     """Images -> (N, *F) features, F = :func:`feature_shape` ((D,) for FROMAGe's pooled prefix).
 
-    ``images``: a list of PIL images, feature tensors of shape F or (3, H, W) pixel tensors (mixed
-    is fine), or one tensor: (N, *F) features, (N, 3, H, W) pixels, or a single item.
+    ``images``: a list of PIL images, image files as ``pathlib.Path``, feature tensors of shape F or
+    (3, H, W) pixel tensors (mixed is fine), or one tensor: (N, *F) features, (N, 3, H, W) pixels, or a single item.
     """
     shape = feature_shape(model)
     is_feature = lambda t: tuple(t.shape) == shape  # noqa: E731
     is_pixels = lambda t: t.dim() == 3 and t.shape[0] == 3  # noqa: E731
-    images = as_items(model, images)
+    images = [_open_path(im) for im in as_items(model, images)]
     out: list[torch.Tensor | None] = [None] * len(images)
     for i, im in enumerate(images):
         if torch.is_tensor(im) and is_feature(im):
@@ -96,9 +122,15 @@ def build_inputs(model, prompt, *, bos: str = "once") -> PromptInputs:
     """
     if bos not in ("once", "per_text"):
         raise ValueError(f"bos must be 'once' or 'per_text', got {bos!r}")
-    if isinstance(prompt, str) or _is_image(prompt) or torch.is_tensor(prompt):
+    from pathlib import PurePath
+
+    if isinstance(prompt, (str, PurePath)) or _is_image(prompt) or torch.is_tensor(prompt):
         prompt = [prompt]
     prompt = list(prompt)
+    for p in prompt:
+        if isinstance(p, str) and _names_an_image_file(p):
+            raise FromageError(f"{p!r} is the path of an image file, given as text: pass it as an image, "
+                               f"pathlib.Path({p!r}) or PIL.Image.open({p!r})")
     tok = model.tokenizer
     bos_id = tok.bos_token_id
     dev = model.device

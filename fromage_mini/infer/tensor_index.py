@@ -29,6 +29,8 @@ class TensorIndex:
 
     def search(self, queries, k: int = 10, exclude=None):
         """queries (n, q) or (q,) -> (scores (n, k), ids (n, k)), best first; ``exclude``: ids never returned."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise FromageError(f"search(): k must be at least 1 (how many images to return), got {k!r}")
         q = torch.as_tensor(queries).float().reshape(-1, self.vectors.shape[1])
         scores = F.normalize(q, dim=-1) @ self.vectors.T  # (n, N)
         if exclude is not None:
