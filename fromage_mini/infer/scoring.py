@@ -127,7 +127,7 @@ def _shared_context_scores(model, context: PromptInputs, candidates, normalize, 
         cache.batch_repeat_interleave(B)
         mask = torch.cat([torch.ones(B, C, dtype=torch.long, device=dev), cand_mask], 1)  # (B, C + n)
         pos = (C + torch.arange(n, device=dev)).expand(B, n)
-        h = model.lm_hidden(model.embed_tokens(ids).to(x.dtype), mask, pos, cache=cache,
+        h = model.lm_hidden(model.embed_tokens(ids).to(x.dtype), mask, position_ids=pos, cache=cache,
                             use_cache=True).last_hidden_state  # (B, n, d_out)
         rest = model.logits_at(h[:, :-1]).float().log_softmax(-1)  # (B, n-1, V'): tokens 2..n
         out.append(_gather_scores(torch.cat([first.expand(B, 1, -1), rest], 1), chunk, normalize))

@@ -1,10 +1,10 @@
-"""The retrieval-mode pass, the cheap way: gradients only where they can be non-zero.
+"""An optimisation of ``Fromage.retrieval_pass``'s plain path: gradients only where they can be non-zero.
 
-In ``</s> w_1..w_n [RET]`` every input but [RET] is a frozen embedding, and [RET] is last, so
-under the causal mask no earlier state depends on a trained parameter. We run the caption
-without gradients (keeping the KV cache), then [RET] alone with gradients: the backward pass
-covers one position instead of L. Same numbers as the plain pass (``Fromage.retrieval_pass`` with
-``fast_ret_pass=False``; tests check it), valid only while the LM is frozen.
+Read ``Fromage.retrieval_pass`` first: its plain path is the definition. In ``</s> w_1..w_n [RET]``
+every input but [RET] is a frozen embedding, and [RET] is last, so under the causal mask no earlier
+state depends on a trained parameter. We run the caption without gradients (keeping the KV cache),
+then [RET] alone with gradients: the backward pass covers one position instead of L. Same numbers as
+the plain pass (``fast_ret_pass=False``; tests check it), valid only while the LM is frozen.
 
 Both functions return (CE of the retrieval-mode sequence, text vectors t (B, q)).
 """
@@ -15,13 +15,13 @@ import torch.nn.functional as F
 
 from ..errors import FromageError
 from . import backbones
-from .packing import pack, plan_packing
+from .packing import pack, packable, plan_packing
 
 
 def retrieval_pass_fast(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Right-padded rows (B, L) -> left-aligned so every [RET] sits in the last column; or packed."""
     B, L = input_ids.shape
-    n = model._packable(attention_mask, shrink=1)
+    n = packable(attention_mask, shrink=1) if model.config.pack_sequences else None
     if n is not None:
         return retrieval_pass_packed(model, input_ids, n + 1)
     n = attention_mask.sum(1)  # (B,) tokens incl. BOS and [RET]
@@ -33,9 +33,10 @@ def retrieval_pass_fast(model, input_ids: torch.Tensor, attention_mask: torch.Te
     mask = valid.long()
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():  # the caption: frozen inputs, frozen LM
-        ctx = model.lm_hidden(model.embed_tokens(ids[:, :-1]), mask[:, :-1], pos[:, :-1], use_cache=True)
+        ctx = model.lm_hidden(model.embed_tokens(ids[:, :-1]), mask[:, :-1], position_ids=pos[:, :-1],
+                              use_cache=True)
     ret_in = model.ret_embedding.expand(B, 1, -1)
-    last = model.lm_hidden(ret_in, mask, pos[:, -1:], cache=backbones.kv_cache(ctx), use_cache=True)
+    last = model.lm_hidden(ret_in, mask, position_ids=pos[:, -1:], cache=backbones.kv_cache(ctx), use_cache=True)
     # caption positions' logits are frozen except the [RET] column h·ret_row (trained);
     # position j predicts token j+1 ([RET] last); a padding position predicts nothing
     keep = valid[:, :-1]
@@ -57,8 +58,8 @@ def retrieval_pass_packed(model, input_ids: torch.Tensor, n: torch.Tensor):
     p = plan_packing(n - 1, L)  # the captions "</s> w_1..w_m", without [RET]
     R, C = p.src.shape
     with torch.no_grad():
-        ctx = model.lm_hidden(model.embed_tokens(pack(input_ids, p)), p.attention_mask(), p.position_ids,
-                              use_cache=True)
+        ctx = model.lm_hidden(model.embed_tokens(pack(input_ids, p)), p.attention_mask(),
+                              position_ids=p.position_ids, use_cache=True)
     # one [RET] query per sequence, in its packed row: slot q of row r
     slot = p.slot_of
     Q = int(slot.max()) + 1
@@ -70,7 +71,7 @@ def retrieval_pass_packed(model, input_ids: torch.Tensor, n: torch.Tensor):
     see_self = torch.eye(Q, dtype=torch.bool, device=slot.device).expand(R, Q, Q)
     mask = torch.cat([see_ctx, see_self], 2)[:, None]  # (R, 1, Q, C+Q)
     ret_in = model.ret_embedding.expand(R, Q, -1)
-    last = model.lm_hidden(ret_in, mask, q_pos, cache=backbones.kv_cache(ctx), use_cache=True)
+    last = model.lm_hidden(ret_in, mask, position_ids=q_pos, cache=backbones.kv_cache(ctx), use_cache=True)
     # frozen caption logits except the [RET] column; position j predicts token j+1 ([RET] last)
     targets = pack(torch.roll(input_ids, -1, 1), p)
     loss = F.cross_entropy(model.logits_at(ctx.last_hidden_state[p.valid]), targets[p.valid])

@@ -3,10 +3,18 @@
 Read top to bottom. Shapes: B batch, L caption tokens, k visual tokens, d LM embedding width,
 D vision width, q retrieval width, V vocabulary rows.
 
+The paper in four lines (f: the frozen tower's image feature, h_l: the frozen LM's states at layer l):
+
+    prefix     x_img = visual_prefix(f)                    (B, k, d)   captioning input [x_img, </s> w_1..w_n]
+    text       t = Σ_l text_head_l(h_l at [RET])           (B, q)      retrieval input </s> w_1..w_n [RET]
+    image      v = image_head(f)                           (B, q)
+    loss       L = w_cap·CE_cap + w_ret·(CE_ret + (L_t2i + L_i2t)/2),   L_t2i: InfoNCE on s·cos(t_i, v_j)
+
 Trained (everything else is frozen):
     visual_prefix   Linear(D -> k·d)       image feature f -> k LM input embeddings (FROMAGe's pooled
                                            prefix; the grid prefix maps each of g² = k cell tokens
-                                           with Linear(D -> d) or an MLP D -> d -> d instead)
+                                           with Linear(D -> d) or an MLP D -> d -> d instead: prefix.py)
+    cell_embedding  (g², d)                grid prefix only: a learned "where" vector per cell
     ret_embedding   (d,)                   [RET]'s input embedding
     ret_output      (d_out,)               [RET]'s output-head row (untied LMs only; tied LMs
                                            share ret_embedding, as OPT's matrix is shared)
@@ -23,14 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import QUANTIZED_DTYPES, FromageConfig
 from ..errors import FromageError
 from . import backbones
 from .losses import IGNORE, caption_labels, fromage_loss, info_nce, next_token_ce, retrieval_labels
-from .packing import pack, plan_packing, prefix_lengths, right_pad, unpack, worth_packing
+from .packing import pack, packable, plan_packing, right_pad, unpack
+from .prefix import VisualPrefix
+from .quant import lm_load_args, place_beside_quantized_lm
 
 
 @dataclass
@@ -64,13 +73,7 @@ class Fromage(nn.Module):
         super().__init__()
         self.config = config
         if lm is None:
-            quant = None
-            if config.lm_dtype in QUANTIZED_DTYPES:
-                from .quant import bnb_config
-                quant, dtype = bnb_config(config.lm_dtype), torch.bfloat16
-            else:
-                dtype = backbones.pick_dtype(config.lm_dtype, device)
-            lm, tokenizer = backbones.load_lm(config.lm, dtype, quant)
+            lm, tokenizer = backbones.load_lm(config.lm, *lm_load_args(config.lm_dtype, device))
         if vision is None:
             vision, image_processor = backbones.load_vision(config.vision)
         self.lm = backbones.freeze(lm)
@@ -86,13 +89,12 @@ class Fromage(nn.Module):
         k, d, q = config.n_visual_tokens, dims.d_embed, config.ret_dim
 
         # ---- the trained adapters -------------------------------------------------------------
-        self.visual_prefix = self._make_prefix(self.vis_dim, d, k)
+        self.visual_prefix = VisualPrefix(self.vis_dim, d, k, config.visual_prefix, config.projector,
+                                          config.image_dropout, config.cell_names, tokenizer)
         # grid prefix: a learned "where" vector per cell (starting at 0), added to its token: the projector
-        # is shared by the cells, and a frozen LM does not tell the cells apart by their positions alone
+        # is shared by the cells, and a frozen LM does not tell the cells apart by their positions alone.
+        # Held here (checkpoint key ``cell_embedding``) and passed to the prefix in visual_embeds.
         self.cell_embedding = nn.Parameter(torch.zeros(k, d)) if config.visual_prefix == "grid" else None
-        self.image_dropout = nn.Dropout(config.image_dropout)
-        # cell_names: the frozen name tokens around the cell tokens (-1 marks where a cell token goes)
-        self.register_buffer("prefix_layout", self._prefix_layout(tokenizer, k), persistent=False)
         self.ret_embedding = nn.Parameter(torch.empty(d))
         self.ret_output = None if dims.tied else nn.Parameter(torch.empty(dims.d_out))
         self.text_heads = nn.ModuleList(
@@ -102,50 +104,35 @@ class Fromage(nn.Module):
         self.image_head = nn.Linear(self.vis_dim, q)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self._init_ret()
-        pairs = config.concat_prob > 0  # concatenated captions: two examples in one row
-        longest = (config.max_len + self.n_prefix) * (2 if pairs else 1)  # the longest training row
-        if self.max_positions is not None and longest > self.max_positions:
-            twice = " (x2: concat_prob > 0)" if pairs else ""
-            raise FromageError(f"max_len {config.max_len} + {self.n_prefix} visual tokens{twice} = {longest} "
-                               f"positions, "
-                               f"more than the LM's {self.max_positions}; lower max_len")
+        self._check_length()
         if any(p.is_meta for p in self.parameters()):
             return
-        if config.lm_dtype not in QUANTIZED_DTYPES:
+        if config.lm_dtype in QUANTIZED_DTYPES:  # the quantised LM was placed on the GPU by its loader
+            place_beside_quantized_lm(self, device)
+        else:
             self.to(device)
-        else:  # the quantised LM was placed on the GPU by its loader: move everything else
-            for name, child in self.named_children():
-                if name != "lm":
-                    child.to(device)
-            for p in self._parameters.values():  # the adapters held directly ([RET] rows, cells, scale)
-                if p is not None:
-                    p.data = p.data.to(device)
 
     # ------------------------------------------------------------------------------------------
     # setup helpers
-    def _make_prefix(self, D: int, d: int, k: int) -> nn.Module:
-        if self.config.visual_prefix == "pooled":
-            return nn.Linear(D, d * k)  # FROMAGe: one pooled vector -> k tokens
-        if self.config.projector == "linear":
-            return nn.Linear(D, d)  # one cell token -> one LM token
-        return nn.Sequential(nn.Linear(D, d), nn.GELU(), nn.Linear(d, d))  # LLaVA-1.5's projector
-
-    def _prefix_layout(self, tokenizer, k: int) -> torch.Tensor:
-        """(n_prefix,) ids of the prefix: -1 where a cell token goes, name tokens between (cell_names)."""
-        names = self.config.cell_names
-        if not names:
-            return torch.full((k,), -1, dtype=torch.long)
-        if tokenizer is None:
-            raise FromageError("cell_names needs the LM's tokenizer")
-        layout = []
-        for name in names:  # " top left:" <cell> " top:" <cell> ...
-            layout += tokenizer(f" {name}:", add_special_tokens=False).input_ids + [-1]
-        return torch.tensor(layout, dtype=torch.long)
-
     @property
     def n_prefix(self) -> int:
         """How many LM positions one image takes: k (or g²) visual tokens, plus the cell names if any."""
-        return int(self.prefix_layout.numel())
+        return self.visual_prefix.n_prefix
+
+    @property
+    def image_dropout(self) -> nn.Dropout:
+        """The dropout on the visual prefix's tokens (``config.image_dropout``), part of :class:`VisualPrefix`."""
+        return self.visual_prefix.dropout
+
+    def _check_length(self) -> None:
+        """Refuse a max_len whose longest training row would not fit in the LM's positions."""
+        cfg = self.config
+        pairs = cfg.concat_prob > 0  # concatenated captions: two examples in one row
+        longest = (cfg.max_len + self.n_prefix) * (2 if pairs else 1)  # the longest training row
+        if self.max_positions is not None and longest > self.max_positions:
+            twice = " (x2: concat_prob > 0)" if pairs else ""
+            raise FromageError(f"max_len {cfg.max_len} + {self.n_prefix} visual tokens{twice} = {longest} "
+                               f"positions, more than the LM's {self.max_positions}; lower max_len")
 
     def _layer_width(self, layer: int) -> int:
         n = self.dims.n_layers
@@ -265,33 +252,18 @@ class Fromage(nn.Module):
         return torch.where(is_ret.unsqueeze(-1), self.ret_embedding.to(x.dtype), x)
 
     def visual_embeds(self, features: torch.Tensor) -> torch.Tensor:
-        """Features from :meth:`image_features` -> (B, k, d) visual prefix.
+        """Features from :meth:`image_features` -> (B, k, d) visual prefix (:class:`~.prefix.VisualPrefix`).
 
         pooled: (B, D) -> Linear -> (B, k·d) -> k tokens. grid: (B, 1 + g², D) -> the g² cell tokens,
         each layer-normalised (no parameters: the towers' patch tokens are not on one scale) and
         projected to one LM token; with ``cell_names`` each follows its name, giving (B, n_prefix, d).
         """
-        B = features.shape[0]
-        dtype = next(self.visual_prefix.parameters()).dtype
-        if self.config.visual_prefix == "grid":
-            cells = features[:, 1:].to(dtype)  # (B, g², D)
-            x = self.visual_prefix(F.layer_norm(cells, cells.shape[-1:])) + self.cell_embedding  # (B, g², d)
-        else:
-            x = self.visual_prefix(features.to(dtype))  # (B, k·d)
-        x = self.image_dropout(x).view(B, self.config.n_visual_tokens, self.dims.d_embed)
-        if self.config.cell_names is None:
-            return x
-        # " top left:" x_1 " top:" x_2 ...: the names are frozen word embeddings, the cells the tokens above
-        layout = self.prefix_layout
-        names = self.lm.get_input_embeddings()(layout.clamp(min=0)).to(x.dtype)  # (n_prefix, d)
-        out = names.unsqueeze(0).expand(B, -1, -1).clone()  # (B, n_prefix, d)
-        out[:, layout < 0] = x
-        return out
+        return self.visual_prefix(features, self.cell_embedding, self.lm.get_input_embeddings())
 
     # ------------------------------------------------------------------------------------------
     # the frozen LM with [RET] spliced into its output
-    def lm_hidden(self, inputs_embeds, attention_mask, position_ids=None, cache=None, use_cache=False):
-        """Run the frozen LM body (no output head) on embeddings.
+    def lm_hidden(self, inputs_embeds, attention_mask, *, position_ids=None, cache=None, use_cache=False):
+        """Run the frozen LM body (no output head) on embeddings (B, T, d) with mask (B, T) (or a 4-D mask).
 
         Returns the body's output: ``last_hidden_state`` (the state the output head reads: after
         the final norm) and ``hidden_states`` (every layer); ``backbones.kv_cache(out)`` is its KV
@@ -312,9 +284,12 @@ class Fromage(nn.Module):
         ret_row = self.ret_output if self.ret_output is not None else self.ret_embedding
         return self._splice_ret_logit(logits, (h.float() @ ret_row.float()).unsqueeze(-1))
 
-    def lm_forward(self, inputs_embeds, attention_mask, cache=None, use_cache=False, position_ids=None):
-        """Frozen LM on embeddings -> (logits (B, T, V') with the [RET] column, body output)."""
-        out = self.lm_hidden(inputs_embeds, attention_mask, position_ids, cache, use_cache)
+    def lm_forward(self, inputs_embeds, attention_mask, *, position_ids=None, cache=None, use_cache=False):
+        """Frozen LM on embeddings -> (logits (B, T, V') with the [RET] column, body output).
+
+        The same arguments as :meth:`lm_hidden` (keyword-only after the mask)."""
+        out = self.lm_hidden(inputs_embeds, attention_mask, position_ids=position_ids, cache=cache,
+                             use_cache=use_cache)
         return self.logits_at(out.last_hidden_state), out
 
     def _splice_ret_logit(self, logits, ret_logit):
@@ -414,20 +389,13 @@ class Fromage(nn.Module):
         new_labels, _ = right_pad(ls, IGNORE)
         return new_x, new_mask.to(mask.dtype), new_labels
 
-    def _packable(self, mask: torch.Tensor, shrink: int = 0) -> torch.Tensor | None:
-        """Row lengths (minus ``shrink``) if packing is on, applies (right padding) and saves work."""
-        if not self.config.pack_sequences:
-            return None
-        n = prefix_lengths(mask)
-        return n - shrink if n is not None and worth_packing(n - shrink) else None
-
     def caption_states(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Final LM states (B, T, d_out) of captioning inputs, packed (see :mod:`.packing`) when it pays."""
-        n = self._packable(mask)
+        n = packable(mask) if self.config.pack_sequences else None
         if n is None:
             return self.lm_hidden(x, mask).last_hidden_state
         p = plan_packing(n, mask.shape[1])
-        out = self.lm_hidden(pack(x, p), p.attention_mask(), p.position_ids)
+        out = self.lm_hidden(pack(x, p), p.attention_mask(), position_ids=p.position_ids)
         return unpack(out.last_hidden_state, p)
 
     # ------------------------------------------------------------------------------------------
@@ -436,11 +404,11 @@ class Fromage(nn.Module):
         """``</s> caption [RET]`` rows (B, L) -> (CE_ret or None, text vectors t (B, q)).
 
         [RET] is a target of CE_ret (it teaches the LM to emit [RET]) and t is read where [RET] is
-        the input. With ``with_loss``, ``fast_ret_pass`` and a frozen LM the cheap pass of
-        :mod:`.fast_ret` gives the same numbers with a one-position backward; otherwise one plain
-        pass (without a loss, no logits are computed at all).
+        the input. The plain path below is the definition: one pass over the rows (without a loss,
+        no logits are computed at all). With ``with_loss``, ``fast_ret_pass`` and a frozen LM, the
+        optimisation in :mod:`.fast_ret` computes the same numbers with a one-position backward.
         """
-        frozen = not any(p.requires_grad for p in self.lm.parameters())  # the cheap pass needs it
+        frozen = not any(p.requires_grad for p in self.lm.parameters())  # the optimisation needs it
         if with_loss and self.config.fast_ret_pass and frozen:
             from .fast_ret import retrieval_pass_fast
             return retrieval_pass_fast(self, input_ids, attention_mask)

@@ -111,6 +111,14 @@ def worth_packing(lengths: torch.Tensor) -> bool:
     return int(lengths.sum()) <= (len(lengths) - 1) * int(lengths.max())
 
 
+def packable(mask: torch.Tensor, shrink: int = 0) -> torch.Tensor | None:
+    """Lengths (B,) to pack a (B, T) batch by, or None when packing does not apply (the real tokens do not
+    form a prefix of each row) or would not save work. ``shrink``: tokens left off each row's end (the
+    fast retrieval pass packs the captions without their final [RET]: ``shrink=1``)."""
+    n = prefix_lengths(mask)
+    return n - shrink if n is not None and worth_packing(n - shrink) else None
+
+
 def right_pad(rows, value=0) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of different lengths (each (n_i, ...), one dtype/device) -> (B, T, ...) and a (B, T) mask.
 

@@ -4,7 +4,8 @@ Both leave the trained adapters in full precision: quantization only changes how
 weights are stored (the LM is run with bf16 compute), and checkpointing only changes which
 activations are kept for the backward pass through the frozen LM.
 
-    FromageConfig(lm="facebook/opt-6.7b", lm_dtype="nf4")   # fromage.py calls bnb_config("nf4")
+    FromageConfig(lm="facebook/opt-6.7b", lm_dtype="nf4")   # Fromage loads with lm_load_args, then
+                                                              # place_beside_quantized_lm puts the rest
     enable_gradient_checkpointing(model)                      # before training
 """
 from __future__ import annotations
@@ -16,7 +17,9 @@ import inspect
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..config import QUANTIZED_DTYPES
 from ..errors import FromageError
+from .backbones import pick_dtype
 
 INSTALL = "pip install 'bitsandbytes>=0.46.1' 'accelerate>=1.1'"  # transformers 5 loads bnb through accelerate
 
@@ -43,6 +46,24 @@ def bnb_config(kind: str):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=torch.bfloat16)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def lm_load_args(lm_dtype: str, device) -> tuple[torch.dtype, object]:
+    """(compute dtype, ``BitsAndBytesConfig`` or None) to load the frozen LM with for ``lm_dtype``:
+    a quantised kind computes in bf16; any other is :func:`~.backbones.pick_dtype`'s choice."""
+    if lm_dtype in QUANTIZED_DTYPES:
+        return torch.bfloat16, bnb_config(lm_dtype)
+    return pick_dtype(lm_dtype, device), None
+
+
+def place_beside_quantized_lm(model, device) -> None:
+    """Move everything of a Fromage ``model`` but its LM to ``device``: a bitsandbytes-quantised LM
+    was placed on the GPU by its loader (and cannot be moved with ``.to``)."""
+    for name, child in model.named_children():
+        if name != "lm":
+            child.to(device)
+    for _, p in model.named_parameters(recurse=False):  # the adapters held directly ([RET] rows, cells, scale)
+        p.data = p.data.to(device)
 
 
 # ----------------------------------------------------------------------------------------------
