@@ -173,6 +173,55 @@ def add_ret_token(tokenizer, token: str = "[RET]") -> int:
     return ids[0]
 
 
+@torch.no_grad()
+def init_ret_rows(lm: nn.Module, tokenizer, text: str | None, ret_embedding, ret_output=None) -> None:
+    """[RET]'s rows start from the mean embedding of ``text``'s tokens (``ret_output`` from the output
+    head's rows), or, without a text or tokenizer, a random vector of the vocabulary's mean norm."""
+    emb = lm.get_input_embeddings().weight
+    if emb.is_meta:
+        return
+    if text and tokenizer is not None:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        ret_embedding.copy_(emb[ids].float().mean(0))
+        if ret_output is not None:
+            ret_output.copy_(lm.get_output_embeddings().weight[ids].float().mean(0))
+        return
+    g = torch.Generator().manual_seed(0)
+    norm = emb.float().norm(dim=1).mean().item()
+    for p in (ret_embedding, ret_output):
+        if p is not None:
+            r = torch.randn(p.shape, generator=g)
+            p.copy_(r / r.norm() * norm)
+
+
+def tokenize_captions(tokenizer, captions, max_len: int, ret_id: int, add_ret: bool = True) -> list[torch.Tensor]:
+    """Captions -> one ``</s> caption [RET]`` id row each; a caption too long for ``max_len`` is cut so that
+    [RET] still ends it (no BOS where the tokenizer has none)."""
+    bos = tokenizer.bos_token_id
+    head = [bos] if bos is not None else []
+    tail = [ret_id] if add_ret else []
+    words = tokenizer(list(captions), add_special_tokens=False).input_ids
+    return [torch.tensor(head + w[: max_len - len(head) - len(tail)] + tail, dtype=torch.long) for w in words]
+
+
+def check_fits(max_len: int, n_prefix: int, pairs: bool, max_positions: int | None) -> None:
+    """Refuse a ``max_len`` whose longest training row (x2 with concatenated pairs) exceeds the LM's positions."""
+    longest = (max_len + n_prefix) * (2 if pairs else 1)
+    if max_positions is not None and longest > max_positions:
+        twice = " (x2: concat_prob > 0)" if pairs else ""
+        raise FromageError(f"max_len {max_len} + {n_prefix} visual tokens{twice} = {longest} "
+                           f"positions, more than the LM's {max_positions}; lower max_len")
+
+
+def layer_width(dims: LMDims, layer: int) -> int:
+    """Width of the LM's hidden state at ``layer`` (an index into ``hidden_states``, negative from the end)."""
+    n = dims.n_layers
+    if layer not in range(-n - 1, n + 1):
+        raise FromageError(f"ret_layers entry {layer} is outside the LM's {n} layers")
+    last = layer in (-1, n)  # the final state is after the final norm (and OPT's project_out)
+    return dims.d_out if last else dims.d_hidden
+
+
 def lm_dims(lm: nn.Module) -> LMDims:
     """Read the widths the adapters need from a loaded (or meta-device) causal LM."""
     emb = lm.get_input_embeddings()

@@ -28,36 +28,17 @@ positions holding the [RET] id take ``ret_embedding``; the output logits get one
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..config import QUANTIZED_DTYPES, FromageConfig
 from ..errors import FromageError
 from . import backbones
-from .losses import IGNORE, caption_labels, fromage_loss, info_nce, next_token_ce, retrieval_labels
-from .packing import pack, packable, plan_packing, right_pad, unpack
+from .checkpoint import load_adapters, load_released, save_adapters
+from .losses import IGNORE, FromageOutput, caption_labels, fromage_loss, info_nce, next_token_ce, retrieval_labels
+from .packing import concat_pairs, pack, packable, plan_packing, right_pad, unpack
 from .prefix import VisualPrefix
 from .quant import lm_load_args, place_beside_quantized_lm
-
-
-@dataclass
-class FromageOutput:
-    """What one training forward returns: losses (scalars with grad) and the batch's vectors.
-
-    Nothing here has been copied to the host: the trainer reads values (``.item()``) and computes
-    in-batch recall from ``logits_per_text`` only on the steps it logs.
-    """
-
-    loss: torch.Tensor
-    cap_loss: torch.Tensor
-    ret_lm_loss: torch.Tensor
-    t2i_loss: torch.Tensor
-    i2t_loss: torch.Tensor
-    text_vectors: torch.Tensor  # (B, q), unnormalised
-    image_vectors: torch.Tensor  # (B, q), unnormalised
-    logits_per_text: torch.Tensor  # (B, B) s · cos(t_i, v_j), the InfoNCE logits
 
 
 class Fromage(nn.Module):
@@ -98,13 +79,15 @@ class Fromage(nn.Module):
         self.ret_embedding = nn.Parameter(torch.empty(d))
         self.ret_output = None if dims.tied else nn.Parameter(torch.empty(dims.d_out))
         self.text_heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(self._layer_width(i), q), nn.Dropout(config.text_dropout))
+            nn.Sequential(nn.Linear(backbones.layer_width(dims, i), q), nn.Dropout(config.text_dropout))
             for i in config.ret_layers
         )
         self.image_head = nn.Linear(self.vis_dim, q)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self._init_ret()
-        self._check_length()
+        # [RET] starts from the embedding of ``ret_init_text`` or a random vector of typical norm
+        backbones.init_ret_rows(self.lm, tokenizer, config.ret_init_text, self.ret_embedding, self.ret_output)
+        # concatenated captions (concat_prob > 0) put two examples in one row
+        backbones.check_fits(config.max_len, self.n_prefix, config.concat_prob > 0, self.max_positions)
         if any(p.is_meta for p in self.parameters()):
             return
         if config.lm_dtype in QUANTIZED_DTYPES:  # the quantised LM was placed on the GPU by its loader
@@ -123,43 +106,6 @@ class Fromage(nn.Module):
     def image_dropout(self) -> nn.Dropout:
         """The dropout on the visual prefix's tokens (``config.image_dropout``), part of :class:`VisualPrefix`."""
         return self.visual_prefix.dropout
-
-    def _check_length(self) -> None:
-        """Refuse a max_len whose longest training row would not fit in the LM's positions."""
-        cfg = self.config
-        pairs = cfg.concat_prob > 0  # concatenated captions: two examples in one row
-        longest = (cfg.max_len + self.n_prefix) * (2 if pairs else 1)  # the longest training row
-        if self.max_positions is not None and longest > self.max_positions:
-            twice = " (x2: concat_prob > 0)" if pairs else ""
-            raise FromageError(f"max_len {cfg.max_len} + {self.n_prefix} visual tokens{twice} = {longest} "
-                               f"positions, more than the LM's {self.max_positions}; lower max_len")
-
-    def _layer_width(self, layer: int) -> int:
-        n = self.dims.n_layers
-        if layer not in range(-n - 1, n + 1):
-            raise FromageError(f"ret_layers entry {layer} is outside the LM's {n} layers")
-        last = layer in (-1, n)  # the final state is after the final norm (and OPT's project_out)
-        return self.dims.d_out if last else self.dims.d_hidden
-
-    @torch.no_grad()
-    def _init_ret(self):
-        """[RET] starts from the embedding of ``ret_init_text`` or a random vector of typical norm."""
-        emb = self.lm.get_input_embeddings().weight
-        if emb.is_meta:
-            return
-        text = self.config.ret_init_text
-        if text and self.tokenizer is not None:
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
-            self.ret_embedding.copy_(emb[ids].float().mean(0))
-            if self.ret_output is not None:
-                self.ret_output.copy_(self.lm.get_output_embeddings().weight[ids].float().mean(0))
-            return
-        g = torch.Generator().manual_seed(0)
-        norm = emb.float().norm(dim=1).mean().item()
-        for p in (self.ret_embedding, self.ret_output):
-            if p is not None:
-                r = torch.randn(p.shape, generator=g)
-                p.copy_(r / r.norm() * norm)
 
     def train(self, mode: bool = True):
         """Adapters follow ``mode``; the frozen backbones always stay in eval mode."""
@@ -199,16 +145,9 @@ class Fromage(nn.Module):
     # ------------------------------------------------------------------------------------------
     # inputs
     def tokenize(self, captions: list[str], max_len: int | None = None, add_ret: bool = True):
-        """Captions -> ``</s> caption [RET]`` ids (B, L) right-padded, and the attention mask.
-
-        A caption too long for ``max_len`` is cut so that [RET] still ends it.
-        """
-        max_len = max_len or self.config.max_len
-        bos = self.tokenizer.bos_token_id
-        head = [bos] if bos is not None else []
-        tail = [self.ret_id] if add_ret else []
-        words = self.tokenizer(list(captions), add_special_tokens=False).input_ids
-        rows = [torch.tensor(head + w[: max_len - len(head) - len(tail)] + tail, dtype=torch.long) for w in words]
+        """Captions -> ``</s> caption [RET]`` ids (B, L) right-padded and the mask (long ones cut, [RET] kept)."""
+        rows = backbones.tokenize_captions(self.tokenizer, captions, max_len or self.config.max_len, self.ret_id,
+                                           add_ret)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, mask = right_pad(rows, pad)
         return {"input_ids": ids, "attention_mask": mask}
@@ -276,18 +215,14 @@ class Fromage(nn.Module):
                                   **{self._cache_kw: cache})
 
     def logits_at(self, h: torch.Tensor) -> torch.Tensor:
-        """Output logits (..., V') for final states h (..., d_out), with [RET]'s column spliced in.
-
-        V' = max(V, ret_id + 1); the [RET] logit is h · ret_row.
-        """
+        """Output logits (..., V') for final states h (..., d_out), with [RET]'s column h · ret_row spliced in
+        (V' = max(V, ret_id + 1))."""
         logits = self.lm.get_output_embeddings()(h).float()
         ret_row = self.ret_output if self.ret_output is not None else self.ret_embedding
         return self._splice_ret_logit(logits, (h.float() @ ret_row.float()).unsqueeze(-1))
 
     def lm_forward(self, inputs_embeds, attention_mask, *, position_ids=None, cache=None, use_cache=False):
-        """Frozen LM on embeddings -> (logits (B, T, V') with the [RET] column, body output).
-
-        The same arguments as :meth:`lm_hidden` (keyword-only after the mask)."""
+        """Frozen LM on embeddings -> (logits (B, T, V') with the [RET] column, body output); as :meth:`lm_hidden`."""
         out = self.lm_hidden(inputs_embeds, attention_mask, position_ids=position_ids, cache=cache,
                              use_cache=use_cache)
         return self.logits_at(out.last_hidden_state), out
@@ -303,9 +238,8 @@ class Fromage(nn.Module):
     def vectors_at(self, hidden_states, positions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Text vectors t = Σ over ``ret_layers`` of head_l(h_l at (``rows``, ``positions``)): (B, q), unnormalised.
 
-        ``hidden_states``: every layer's states from :meth:`lm_hidden`; ``rows`` defaults to
-        0..B-1 (one position per batch row). The counterpart of :meth:`logits_at`.
-        """
+        ``hidden_states``: every layer's states from :meth:`lm_hidden`; ``rows`` defaults to 0..B-1 (one
+        position per batch row). The counterpart of :meth:`logits_at`."""
         if rows is None:
             rows = torch.arange(positions.shape[0], device=positions.device)
         t = 0
@@ -318,19 +252,14 @@ class Fromage(nn.Module):
     # the two encoders of the retrieval space (every path - training, validation, scoring, the
     # index - goes through these)
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:
-        """Image vectors v = image_head(f): (B, D) pooled features -> (B, q), unnormalised.
-
-        ``features`` come from :meth:`image_features` (pixels) or the feature cache; for the grid
-        prefix only their pooled row f is used.
-        """
+        """Image vectors v = image_head(f): (B, D) pooled features -> (B, q), unnormalised. ``features`` come
+        from :meth:`image_features` or the feature cache; of grid features only the pooled row f is used."""
         f = features if features.dim() == 2 else features[:, 0]
         return self.image_head(f.to(self.image_head.weight.dtype))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Text vectors t: ``</s> caption [RET]`` ids (B, L) from :meth:`tokenize` -> (B, q), unnormalised.
-
-        Read from the hidden states at each row's last [RET]; no logits are computed.
-        """
+        """Text vectors t: ``</s> caption [RET]`` ids (B, L) from :meth:`tokenize` -> (B, q), unnormalised,
+        read from the hidden states at each row's last [RET] (no logits are computed)."""
         return self.retrieval_pass(input_ids, attention_mask, with_loss=False)[1]
 
     def encode_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
@@ -374,20 +303,7 @@ class Fromage(nn.Module):
         one text with two images in it. An odd last row stays on its own.
         """
         bos_at = 0 if self.bos_before_image else self.n_prefix  # where BOS sits in a row
-        keep = mask == 1
-        xs, ls = [], []
-        for i in range(0, x.shape[0] - 1, 2):
-            a, b = keep[i].clone(), keep[i + 1].clone()
-            if self.has_bos:
-                b[bos_at] = False  # drop the second BOS
-            xs.append(torch.cat([x[i][a], x[i + 1][b]]))
-            ls.append(torch.cat([labels[i][a], labels[i + 1][b]]))
-        if x.shape[0] % 2:
-            xs.append(x[-1][keep[-1]])
-            ls.append(labels[-1][keep[-1]])
-        new_x, new_mask = right_pad(xs, 0)
-        new_labels, _ = right_pad(ls, IGNORE)
-        return new_x, new_mask.to(mask.dtype), new_labels
+        return concat_pairs(x, mask, labels, bos_at if self.has_bos else None)
 
     def caption_states(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Final LM states (B, T, d_out) of captioning inputs, packed (see :mod:`.packing`) when it pays."""
@@ -458,19 +374,16 @@ class Fromage(nn.Module):
     # checkpoints (implemented in checkpoint.py)
     def save_pretrained(self, folder):
         """Write the trained tensors (safetensors) and the config (JSON) to ``folder``."""
-        from .checkpoint import save_adapters
         save_adapters(self, folder)
 
     @classmethod
     def from_pretrained(cls, folder, **overrides) -> "Fromage":
         """Rebuild a model from :meth:`save_pretrained` output (backbones loaded by name/path)."""
-        from .checkpoint import load_adapters
         return load_adapters(cls, folder, **overrides)
 
     @classmethod
     def from_released(cls, ckpt_path, model_args_path=None, **overrides) -> "Fromage":
         """Load the released FROMAGe checkpoint (``pretrained_ckpt.pth.tar`` + ``model_args.json``)."""
-        from .checkpoint import load_released
         return load_released(cls, ckpt_path, model_args_path, **overrides)
 
     def num_trainable(self) -> int:

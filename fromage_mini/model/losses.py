@@ -10,12 +10,32 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from . import gather as gather_ops
 
 IGNORE = -100
+
+
+@dataclass
+class FromageOutput:
+    """What one training forward (``Fromage.forward``) returns: losses (scalars with grad) and the batch's vectors.
+
+    Nothing here has been copied to the host: the trainer reads values (``.item()``) and computes
+    in-batch recall from ``logits_per_text`` only on the steps it logs.
+    """
+
+    loss: torch.Tensor
+    cap_loss: torch.Tensor
+    ret_lm_loss: torch.Tensor
+    t2i_loss: torch.Tensor
+    i2t_loss: torch.Tensor
+    text_vectors: torch.Tensor  # (B, q), unnormalised
+    image_vectors: torch.Tensor  # (B, q), unnormalised
+    logits_per_text: torch.Tensor  # (B, B) s · cos(t_i, v_j), the InfoNCE logits
 
 
 def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, ret_id: int) -> torch.Tensor:

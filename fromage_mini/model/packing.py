@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .losses import IGNORE
+
 
 @dataclass
 class Packing:
@@ -117,6 +119,25 @@ def packable(mask: torch.Tensor, shrink: int = 0) -> torch.Tensor | None:
     fast retrieval pass packs the captions without their final [RET]: ``shrink=1``)."""
     n = prefix_lengths(mask)
     return n - shrink if n is not None and worth_packing(n - shrink) else None
+
+
+def concat_pairs(x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, bos_at: int | None):
+    """Rows (2i, 2i+1) of (B, T, ...) inputs, mask and labels -> one row [a, b] of their real positions each,
+    leaving out b's position ``bos_at`` (its BOS; None: no BOS to leave out). An odd last row stays alone."""
+    keep = mask == 1
+    xs, ls = [], []
+    for i in range(0, x.shape[0] - 1, 2):
+        a, b = keep[i].clone(), keep[i + 1].clone()
+        if bos_at is not None:
+            b[bos_at] = False  # drop the second BOS
+        xs.append(torch.cat([x[i][a], x[i + 1][b]]))
+        ls.append(torch.cat([labels[i][a], labels[i + 1][b]]))
+    if x.shape[0] % 2:
+        xs.append(x[-1][keep[-1]])
+        ls.append(labels[-1][keep[-1]])
+    new_x, new_mask = right_pad(xs, 0)
+    new_labels, _ = right_pad(ls, IGNORE)
+    return new_x, new_mask.to(mask.dtype), new_labels
 
 
 def right_pad(rows, value=0) -> tuple[torch.Tensor, torch.Tensor]:
