@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from fromage_mini import Fromage  # noqa: E402
+from fromage_mini import Fromage, caption  # noqa: E402
 from fromage_mini.data.cache import cached_split  # noqa: E402
 from fromage_mini.paths import DATA_SAMPLES  # noqa: E402
 from fromage_mini.toyworld import COLOURS, SHAPES, SIZES  # noqa: E402
@@ -88,7 +88,7 @@ def main(argv=None):
     val_cache = cached_split(model, "data_samples/shapesworld/val.tsv", "cache:features", "val")
     train_cache = cached_split(model, "data_samples/shapesworld/train.tsv", "cache:features", "train")
     n = min(a.n, len(val_cache))
-    preds = model.caption(val_cache.features(range(n)))
+    preds = caption(model, val_cache.features(range(n)))
     res["model"] = score_captions(preds, val_cache.keys[:n], val_cache.captions[:n])
     val_recs, train_recs = scenes("val")[:n], scenes("train")
     oracle = oracle_captions(model, val_recs)

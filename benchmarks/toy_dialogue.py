@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from fromage_mini import Fromage  # noqa: E402
+from fromage_mini import Fromage, caption, generate  # noqa: E402
 from fromage_mini.paths import DATA_SAMPLES  # noqa: E402
 
 
@@ -38,11 +38,11 @@ def main(argv=None):
     for rec in dialogues:
         n_obj = len(scenes[rec["key"]]["scene"]["objects"])
         img = Image.open(root / rec["image"])
-        cap = m.caption([img])[0]
+        cap = caption(m, [img])[0]
         for t in rec["turns"]:
             q = "Q: " + t["question"] + "\nA:"
             for strategy, prompt in (("image", [img, q]), ("caption-first", [img, cap + "\n" + q])):
-                ans = m.generate(prompt, max_new_tokens=8).text.split("[RET]")[0].strip(" .")
+                ans = generate(m, prompt, max_new_tokens=8).text.split("[RET]")[0].strip(" .")
                 s = stats[strategy][f"{t['type']}/{n_obj}"]
                 s[0] += ans == t["answer"]
                 s[1] += 1

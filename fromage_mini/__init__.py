@@ -2,18 +2,19 @@
 
 Layers, lowest first (``tests/test_layers.py`` keeps them so): errors/files/paths/config/presets;
 data, toyworld; model (the paper); infer; retrieval; eval, tools; train; chat, demo, cli.
+
+Inference is functions of the model, not methods (the model layer does not import the inference
+layer above it): ``generate(model, prompt)`` and ``caption(model, images)``.
 """
 from .chat import Dialogue
 from .config import FromageConfig
 from .errors import FromageError
-from .infer.generate import attach as _attach
+from .infer.caption import caption
 from .infer.generate import generate
 from .model.fromage import Fromage, FromageOutput
 from .presets import TrainConfig
 from .retrieval.index import RetrievalIndex
 from .version import __version__
 
-_attach(Fromage)  # model.generate(...), model.caption(...)
-
 __all__ = ["Dialogue", "Fromage", "FromageConfig", "FromageError", "FromageOutput", "RetrievalIndex",
-           "TrainConfig", "__version__", "generate"]
+           "TrainConfig", "__version__", "caption", "generate"]

@@ -69,3 +69,38 @@ def test_corrupt_cache_file_is_a_clear_error(make_model, tmp_path):
     (tmp_path / "c/feat_00000.npy").write_bytes(b"garbage")
     with pytest.raises(FromageError, match="feat_00000.npy"):
         FeatureCache(tmp_path / "c")
+
+
+class OnlyTheInterface:
+    """A model seen through FeatureSource alone: any other attribute the cache reached for would fail."""
+
+    def __init__(self, model):
+        from fromage_mini.data.cache import FeatureSource
+
+        allowed = set(FeatureSource.__annotations__) | {n for n in vars(FeatureSource) if not n.startswith("_")}
+        self._model, self._allowed = model, allowed
+
+    def __getattr__(self, name):
+        if name not in self._allowed:
+            raise AttributeError(f"the feature cache used {name!r}, which FeatureSource does not list")
+        return getattr(self._model, name)
+
+
+@pytest.mark.parametrize("cfg", [{}, {"visual_prefix": "grid", "grid_size": 2}])
+def test_the_cache_uses_the_model_only_through_feature_source(make_model, tmp_path, cfg):
+    from fromage_mini.data.cache import FeatureSource, cached_split, feature_fingerprint
+
+    m = make_model("opt", "clip", **cfg)
+    assert isinstance(m, FeatureSource)
+    assert feature_fingerprint(OnlyTheInterface(m)) == feature_fingerprint(m)
+    via = build_cache(tmp_path / "via", samples(5), OnlyTheInterface(m), batch_size=2, progress=False)
+    ref = build_cache(tmp_path / "ref", samples(5), m, batch_size=2, progress=False)
+    assert via.shape == ref.shape == m.feature_shape  # the one notion of a feature's shape: the model's
+    torch.testing.assert_close(via.all_features(), ref.all_features())
+    tsv = tmp_path / "d.tsv"
+    for s in samples(2):
+        s.image.save(tmp_path / f"{s.key}.png")
+    tsv.write_text("caption\timage\n" + "".join(f"{s.caption}\t{s.key}.png\n" for s in samples(2)))
+    for _ in range(2):  # built, then found
+        c = cached_split(OnlyTheInterface(m), str(tsv), tmp_path / "root", "val", log=lambda *a: None)
+        assert len(c) == 2 and c.shape == m.feature_shape

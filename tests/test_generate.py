@@ -15,7 +15,6 @@ from fromage_mini.infer.generate import (
     IMAGE,
     TensorIndex,
     add_generation_args,
-    attach,
     build_inputs,
     caption,
     generate,
@@ -386,14 +385,13 @@ def test_captions_batched_equal_one_by_one_and_greedy(models):
     assert caps[0] == text.split("\n")[0].strip() or caps[0] == text.strip()
 
 
-def test_attach_adds_methods(models):
-    from fromage_mini import Fromage
+def test_inference_is_functions_of_the_model_not_patched_in_methods():
+    """Importing the package leaves the model class as model/fromage.py defines it (no methods added)."""
+    import fromage_mini
+    from fromage_mini.model.fromage import Fromage
 
-    class M(Fromage):
-        pass
-
-    attach(M)
-    assert M.generate is generate and M.caption is caption
+    assert fromage_mini.generate is generate and fromage_mini.caption is caption
+    assert "generate" not in vars(Fromage) and "caption" not in vars(Fromage)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -195,6 +195,51 @@ def test_search_inputs_and_exclusion(index):
         index.search(np.ones(8))
 
 
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """The same 12 rows as a RetrievalIndex and a TensorIndex, and two queries whose 12 cosines are at
+    least 0.008 apart (far above fp16 rounding, so both indexes must rank them alike)."""
+    from fromage_mini.infer.tensor_index import TensorIndex
+
+    rng = np.random.default_rng(16)
+    x, q = rng.standard_normal((12, D)).astype(np.float32), rng.standard_normal((2, D)).astype(np.float32)
+    assert np.diff(np.sort(_unit(q) @ _unit(x).T, axis=1), axis=1).min() > 0.008
+    folder = RetrievalIndex.build(tmp_path_factory.mktemp("twin") / "index", x, _meta(12), model_fingerprint="fp")
+    return folder, TensorIndex(torch.from_numpy(x), _meta(12)), q
+
+
+@pytest.mark.parametrize("exclude", [None, [3], [3, 3, 99, -1], range(0, 12, 2), torch.tensor([0, 1]), range(12),
+                                     [[0], [1, 2]], np.array([[5], [6]]), [[], list(range(11))]])
+@pytest.mark.parametrize("k", [1, 4, 20])
+def test_both_indexes_answer_one_search_alike(twins, exclude, k):
+    """One interface (infer.tensor_index.ImageIndex): same ids, scores, empty slots (-inf, -1) and k cap."""
+    from fromage_mini.infer.tensor_index import ImageIndex
+
+    folder, memory, q = twins
+    assert isinstance(folder, ImageIndex) and isinstance(memory, ImageIndex)
+    s1, i1 = folder.search(q, k=k, exclude=exclude)
+    s2, i2 = memory.search(torch.from_numpy(q), k=k, exclude=exclude)
+    assert i1.shape == tuple(i2.shape) == (2, min(k, 12))
+    np.testing.assert_array_equal(i1, i2.numpy())
+    np.testing.assert_allclose(s1, s2.numpy(), atol=2e-3)  # fp16 rows on disk, fp32 in memory
+    assert (np.isneginf(s1) == (i1 == -1)).all() and (np.isneginf(s2.numpy()) == (i1 == -1)).all()
+    assert [folder.metadata(i) for i in i1[0] if i >= 0] == [memory.metadata(i) for i in i2[0] if i >= 0]
+
+
+def test_both_indexes_refuse_k_below_one_and_give_an_empty_index_no_columns(twins, tmp_path):
+    from fromage_mini.infer.tensor_index import TensorIndex
+
+    folder, memory, q = twins
+    for k in (0, -1, True):
+        for index in (folder, memory):
+            with pytest.raises(FromageError, match=f"k must be at least 1 \\(results per query\\), got {k}"):
+                index.search(q, k=k)
+    empty = RetrievalIndex.build(tmp_path / "empty", np.zeros((0, D), np.float32), [], model_fingerprint="fp")
+    for index in (empty, TensorIndex(torch.zeros(0, D))):
+        s, i = index.search(q, k=0)
+        assert tuple(s.shape) == tuple(i.shape) == (2, 0)
+
+
 # ------------------------------------------------------------------ safety of loading
 
 

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     warnings.simplefilter("error", DeprecationWarning)
     import torch
     from PIL import Image
-    from fromage_mini import Fromage
+    from fromage_mini import Fromage, caption, generate
     from fromage_mini.infer.generate import TensorIndex
     from fromage_mini.paths import DATA_SAMPLES
     from fromage_mini.model.quant import enable_gradient_checkpointing
@@ -34,9 +34,9 @@ SCRIPT = textwrap.dedent("""
     with torch.no_grad():
         index = TensorIndex(model.encode_images(model.image_features(model.preprocess(images))),
                             [{"caption": c} for c, _ in rows])
-    print(model.caption(images[:2]))
-    print(model.generate([images[0], "Q: what is this?\\nA:"], max_new_tokens=8).text)
-    print(model.generate([rows[0][0] + "[RET]"], index=index, max_new_tokens=1).retrievals[0].metadata[0])
+    print(caption(model, images[:2]))
+    print(generate(model, [images[0], "Q: what is this?\\nA:"], max_new_tokens=8).text)
+    print(generate(model, [rows[0][0] + "[RET]"], index=index, max_new_tokens=1).retrievals[0].metadata[0])
     print(log_likelihood(model, [images[0], "Q: how many shapes?\\nA:"], [" one.", " two.", " three."]))
 """)
 

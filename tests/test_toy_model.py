@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fromage_mini import Fromage
+from fromage_mini import Fromage, generate
 from fromage_mini.infer.generate import TensorIndex
 from fromage_mini.paths import DATA_SAMPLES
 
@@ -32,7 +32,7 @@ def test_caption_then_ret_retrieves_the_matching_image(toy, val_index):
     index, rows, _ = val_index
     hits = 0
     for caption, path in rows[:40]:
-        res = toy.generate([caption + "[RET]"], index=index, images_per_ret=5, max_new_tokens=1)
+        res = generate(toy, [caption + "[RET]"], index=index, images_per_ret=5, max_new_tokens=1)
         got = [m["path"] for m in res.retrievals[0].metadata]
         hits += path in got
     assert hits >= 36, f"only {hits}/40 captions retrieved their image in the top 5"
@@ -50,10 +50,11 @@ def test_model_emits_ret_after_a_caption(toy):
 
 
 def test_captions_name_the_right_number_of_objects(toy, val_index):
+    from fromage_mini import caption
     from fromage_mini.toyworld.metrics import score_captions
 
     _, rows, images = val_index
-    preds = toy.caption(images[:60])
+    preds = caption(toy, images[:60])
     s = score_captions(preds, [p for _, p in rows[:60]], [c for c, _ in rows[:60]])
     assert s["count_acc"] >= 0.85
 

@@ -6,12 +6,15 @@ train from the cache (the original ran CLIP twice per step and decoded every JPE
 Layout of a cache folder:
 
     index.json            fingerprint, dim, feature shape, shard list, skip counts, complete flag
-    feat_00000.npy        (n, *F) float16 features of shard 0: F = (D,) pooled, or (1 + g², D) pooled + grid cells
+    feat_00000.npy        (n, *F) float16 features of shard 0: F = the model's ``feature_shape``
     meta_00000.json       {"keys": [...], "captions": [...]} for the same rows
 
 A shard is listed in ``index.json`` only after both its files are on disk (each written
 atomically), so an interrupted build resumes at the first missing shard and never reads a torn
 file. :func:`source_fingerprint` keys a split's cache on the data it was read from.
+
+The cache sits below the model layer: it uses a model only through :class:`FeatureSource`, the
+members listed there (a :class:`~fromage_mini.model.fromage.Fromage` has them all).
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from ..config import FromageConfig
 from ..errors import FromageError
 from ..files import WriteError, load_numpy, os_errors, read_json, save_numpy, write_error, write_json
 
@@ -34,6 +39,31 @@ FORMAT = 1
 
 class NoSamplesError(FromageError):
     """A cache build found no usable sample; nothing was cached."""
+
+
+@runtime_checkable
+class FeatureSource(Protocol):
+    """What the feature cache uses of a model, all of it (nothing else of the model is read here).
+
+    ``config.vision`` and ``config.feature_kind`` (the tower's name, what one image's feature is),
+    ``vision`` and ``image_processor`` (the frozen tower and its preprocessing) make the cache's
+    fingerprint; ``vis_dim`` (D) and ``feature_shape`` (F, one image's feature, the model's own notion
+    of it) are recorded and checked; ``preprocess`` and ``image_features`` turn images into (B, *F)
+    features on ``device``.
+    """
+
+    config: FromageConfig
+    vision: torch.nn.Module
+    image_processor: Any
+    vis_dim: int
+    device: torch.device
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]: ...
+
+    def preprocess(self, images) -> torch.Tensor: ...
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
 
 
 def vision_fingerprint(vision, image_processor, name: str = "") -> str:
@@ -51,7 +81,7 @@ def vision_fingerprint(vision, image_processor, name: str = "") -> str:
     return h.hexdigest()[:16]
 
 
-def feature_fingerprint(model) -> str:
+def feature_fingerprint(model: FeatureSource) -> str:
     """:func:`vision_fingerprint` of the model's tower plus what is cached per image (pooled, or
     pooled + grid of a given size and layer), so a pooled cache is never read as a grid one."""
     cfg = model.config
@@ -89,7 +119,8 @@ class FeatureCache:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """One row's feature shape: (D,) pooled, or (1 + g², D) pooled + grid cells."""
+        """One row's feature shape F, as stored: the building model's ``feature_shape`` ((D,) in caches
+        older than the record)."""
         return tuple(self.info.get("shape", [self.dim]))
 
     def features(self, idx) -> torch.Tensor:
@@ -115,12 +146,12 @@ class FeatureCache:
         return bad
 
 
-def build_cache(folder, samples, model, *, batch_size: int = 64, shard_size: int = 4096,
+def build_cache(folder, samples, model: FeatureSource, *, batch_size: int = 64, shard_size: int = 4096,
                 skip_log=None, progress: bool = True, total: int | None = None,
                 device: str | torch.device | None = None) -> FeatureCache:
-    """Compute each sample's image feature (``model.image_features``: (D,) pooled, or (1 + g², D) with
-    grid cells) with ``model``'s frozen vision tower, and store them in ``folder``. ``samples``: an
-    iterable of records with ``.key``, ``.caption``, ``.image``.
+    """Compute each sample's image feature (``model.image_features``, of shape ``model.feature_shape``)
+    with ``model``'s frozen vision tower, and store them in ``folder``. ``samples``: an iterable of
+    records with ``.key``, ``.caption``, ``.image``.
 
     Resumable: shards already listed in ``folder/index.json`` are skipped (their samples are
     still read from ``samples`` to keep the order). A finished cache is returned as is.
@@ -179,7 +210,11 @@ class _ShardWriter:
             return
         px = self.model.preprocess(self.imgs).to(self.device)
         f = self.model.image_features(px).cpu()  # (B, *F)
-        self.info["shape"] = list(f.shape[1:])
+        shape = tuple(self.model.feature_shape)
+        if tuple(f.shape[1:]) != shape:
+            raise FromageError(f"image_features gave {tuple(f.shape[1:])} per image, the model's feature_shape "
+                               f"says {shape}")
+        self.info["shape"] = list(shape)
         ok = torch.isfinite(f.flatten(1)).all(dim=1)
         self.bad_feature += int((~ok).sum())
         self.feats.append(f[ok].half().numpy())
@@ -222,7 +257,7 @@ def _finish(folder: Path, info: dict, skip_log, bad_feature: int, t0: float) -> 
     return FeatureCache(folder)
 
 
-def cached_split(model, spec: str, cache_root, split: str, log=print, *,
+def cached_split(model: FeatureSource, spec: str, cache_root, split: str, log=print, *,
                  allow_outside_root: bool = False, image_root=None) -> FeatureCache:
     """Features for one split, computed on first use and reused while the data is unchanged.
 
@@ -249,6 +284,9 @@ def cached_split(model, spec: str, cache_root, split: str, log=print, *,
     with os_errors("build the feature cache"):
         if (folder / "index.json").exists() and read_json(folder / "index.json").get("complete"):
             cache = FeatureCache(folder)
+            if cache.shape != tuple(model.feature_shape):
+                raise FromageError(f"{folder}: holds features of shape {cache.shape}, the model reads "
+                                   f"{tuple(model.feature_shape)}; delete that folder to rebuild it")
             bad = cache.non_finite_rows()
             if bad:
                 log(f"[{split}] {bad} rows of the feature cache {folder} hold NaN or inf (a damaged file): they are "

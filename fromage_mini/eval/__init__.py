@@ -19,6 +19,6 @@ VisDial retrieval      dialogue → image (T2I), cosine              ranks dialo
 =====================  ==========================================  ==========================================
 
 Images can be given everywhere as PIL images, file paths, features or (3, H, W)
-pixels; features ((D,) pooled, or (1 + g², D) with grid cells) are computed once per image
-(:func:`.images.compute_features`).
+pixels; features (of the model's ``feature_shape``: (D,) pooled, or (1 + g², D) with grid cells) are
+computed once per image (:func:`.images.compute_features`).
 """

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.backbones import cache_kwarg, kv_cache
+from ..infer.decoding import Decoder, PlainLM, greedy
 from ..toyworld.captions import canonical_caption, compound
 from ..toyworld.corpus import summary
 from ..toyworld.world import CELLS, COLOURS, SHAPES, SIZES
@@ -96,9 +96,10 @@ class PerfectTokens:
 
     @torch.no_grad()
     def captions(self, prefixes: list[tuple[torch.Tensor, torch.Tensor]], max_new_tokens: int = 40) -> list[str]:
-        """Greedy continuation of each (embeddings, mask) prefix up to the first "." (KV cache; prefixes
-        of equal length run as one batch)."""
+        """Greedy continuation of each (embeddings, mask) prefix up to the first "." (the package's greedy
+        loop, :func:`~fromage_mini.infer.decoding.greedy`; prefixes of equal length run as one batch)."""
         stop = self.ids(".")[-1]
+        lm = PlainLM(self.lm, embed=lambda ids: self.E[ids])
         out: list[str] = [""] * len(prefixes)
         by_len: dict[int, list[int]] = {}
         for i, (emb, _) in enumerate(prefixes):
@@ -106,17 +107,14 @@ class PerfectTokens:
         for idx in by_len.values():
             emb = torch.stack([prefixes[i][0] for i in idx])  # (B, T, d)
             mask = torch.stack([prefixes[i][1] for i in idx])  # (B, T)
-            ids = torch.zeros(len(idx), 0, dtype=torch.long)
-            past, kw = None, cache_kwarg(self.lm)
-            for _ in range(max_new_tokens):
-                res = self.lm(inputs_embeds=emb, attention_mask=mask, use_cache=True, **{kw: past})
-                past, nxt = kv_cache(res), res.logits[:, -1].argmax(-1)  # (B,)
-                ids = torch.cat([ids, nxt[:, None]], 1)
-                if (ids == stop).any(1).all():
-                    break
-                emb, mask = self.E[nxt][:, None], torch.cat([mask, mask.new_ones(len(idx), 1)], 1)
-            for row, i in zip(ids.tolist(), idx):
-                row = row[: row.index(stop) + 1] if stop in row else row
+            rows: list[list[int]] = [[] for _ in idx]
+
+            def take(j: int, t: int, rows=rows) -> bool:  # a row is finished at its first "."
+                rows[j].append(t)
+                return t == stop
+
+            greedy(Decoder(lm, emb, mask), max_new_tokens, take)
+            for row, i in zip(rows, idx):
                 out[i] = self.tok.decode(row).split(".")[0].strip() + "."
         return out
 

@@ -36,7 +36,7 @@ def find_images(folder) -> dict[str, Path]:
 @inference
 def compute_features(model, images: Mapping[str, Any], *, squash: bool = False,
                      batch_size: int = 32, progress: bool = False) -> dict[str, torch.Tensor]:
-    """{id: PIL / path / feature / (3, H, W) pixels} -> {id: feature} (``infer.prompt.feature_shape``), in batches."""
+    """{id: PIL / path / feature / (3, H, W) pixels} -> {id: feature} (of shape ``model.feature_shape``), in batches."""
     from tqdm.auto import tqdm
 
     from ..infer.prompt import to_features

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .decoding import Decoder, next_token_logits, stop_at
+from .decoding import Decoder, greedy, stop_at
 from .modes import inference
 from .prompt import to_features
 
@@ -16,8 +16,8 @@ def caption(model, images_or_features, max_new_tokens: int = 32, batch_size: int
     """Greedy captions for a batch of images (PIL / features / (3, H, W) pixels, or one tensor).
 
     Each row is ``[img, </s>]`` (``after_bos``: ``[</s>, img]``), all the same length, so rows
-    decode together with one KV cache and no padding. [RET] is forbidden; a row stops at EOS or
-    at the first '.' (kept) or newline (dropped).
+    decode together with one KV cache and no padding (:func:`~.decoding.greedy`). [RET] is forbidden;
+    a row stops at EOS or at the first '.' (kept) or newline (dropped).
     """
     feats = to_features(model, images_or_features)  # (N, *F)
     captions: list[str] = []
@@ -35,20 +35,15 @@ def _caption_batch(model, feats: torch.Tensor, max_new_tokens: int) -> list[str]
     lm = Decoder(model, x.to(model.lm.get_input_embeddings().weight.dtype))  # (B, k + 1, d)
     rows: list[list[int]] = [[] for _ in range(B)]
     texts = [""] * B
-    done = [False] * B
-    for step in range(max_new_tokens):
-        nxt = next_token_logits(lm.logits[:, -1], model.ret_id, forbid_ret=True).argmax(-1)  # (B,)
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
-            if t == tok.eos_token_id:
-                done[i] = True
-                continue
-            rows[i].append(t)
-            texts[i], done[i] = _caption_so_far(tok.decode(rows[i], skip_special_tokens=True))
-        if all(done) or step + 1 == max_new_tokens:
-            break
-        lm.feed(nxt)
+
+    def take(i: int, t: int) -> bool:  # row i's next token -> whether its caption is finished
+        if t == tok.eos_token_id:
+            return True
+        rows[i].append(t)
+        texts[i], done = _caption_so_far(tok.decode(rows[i], skip_special_tokens=True))
+        return done
+
+    greedy(lm, max_new_tokens, take, forbid=model.ret_id)
     return [t.strip() for t in texts]
 
 

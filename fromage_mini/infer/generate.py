@@ -35,7 +35,7 @@ from .results import GenerationResult, RetrievalPart, TextPart
 from .tensor_index import TensorIndex
 
 __all__ = ["GENERATION_OPTIONS", "IMAGE", "RET_SCALE_RULES", "GenerationResult", "PromptInputs", "RetrievalPart",
-           "TensorIndex", "TextPart", "add_generation_args", "as_items", "attach", "build_inputs", "caption",
+           "TensorIndex", "TextPart", "add_generation_args", "as_items", "build_inputs", "caption",
            "feature_shape", "fit_context", "generate", "generation_kwargs", "inference", "next_token_logits",
            "pad_batch", "pick_token", "to_features"]
 
@@ -93,8 +93,8 @@ def generate(model, prompt, *, max_new_tokens: int = 32, temperature: float = 0.
         stop: stop once the generated text contains one of these strings after some other text
             (a leading one is skipped, as in the original); the text is cut before it. Decoding
             also stops at EOS (the original never did).
-        index: anything with ``search(queries, k, exclude)``, ``metadata(i)`` and ``len()``
-            (a ``RetrievalIndex`` or :class:`TensorIndex`); None = no retrieval (vectors still kept).
+        index: an :class:`~.tensor_index.ImageIndex` (``search(queries, k, exclude)``, ``metadata(i)``,
+            ``len()``: a ``RetrievalIndex`` or :class:`TensorIndex`); None = no retrieval (vectors still kept).
         max_retrievals: only the first this-many [RET]s search the index.
         images_per_ret: results attached to each [RET].
         exclude: index ids never returned; ids already returned are never returned again.
@@ -196,13 +196,3 @@ def add_generation_args(parser) -> None:
 def generation_kwargs(args) -> dict:
     """The :data:`GENERATION_OPTIONS` values of parsed arguments, as keyword arguments of generate()."""
     return {name: getattr(args, name) for name in GENERATION_OPTIONS}
-
-
-def attach(cls) -> type:
-    """Add :func:`generate` and :func:`caption` as methods of ``cls`` (``model.generate(prompt, ...)``).
-
-    The package calls this on :class:`~fromage_mini.model.fromage.Fromage` when it is imported.
-    """
-    cls.generate = generate
-    cls.caption = caption
-    return cls

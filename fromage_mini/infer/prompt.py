@@ -1,7 +1,7 @@
 """Interleaved prompts -> LM input embeddings, laid out exactly as in training.
 
-A prompt is a ``str``, an image, or a list of ``str`` / PIL images / tensors ((D,) or (1 + g², D)
-features, (3, H, W) pixels) in any order. Each image becomes its k visual-prefix embeddings (no
+A prompt is a ``str``, an image, or a list of ``str`` / PIL images / tensors (features of the
+model's shape F, (3, H, W) pixels) in any order. Each image becomes its k visual-prefix embeddings (no
 separator tokens), each text segment is tokenized without special tokens, and the BOS goes where
 training put it (:attr:`Fromage.bos_before_image`).
 
@@ -64,9 +64,9 @@ def _is_image(x) -> bool:
 
 
 def feature_shape(model) -> tuple[int, ...]:
-    """Shape of one image's feature: (D,) pooled, or (1 + g², D) pooled + grid cells."""
-    D = model.vis_dim
-    return (D,) if model.feature_rank == 1 else (1 + model.config.grid_size ** 2, D)
+    """Shape F of one image's feature: the model's own, ``model.feature_shape`` ((D,) pooled, or the
+    pooled vector and the grid cells' tokens: ``VisualPrefix.feature_shape``)."""
+    return tuple(model.feature_shape)
 
 
 def as_items(model, images) -> list:

@@ -166,9 +166,10 @@ class Fromage(nn.Module):
         return backbones.pooled_features(self.vision, pixel_values)
 
     @property
-    def feature_rank(self) -> int:
-        """Dimensions of one image's feature: 1 for (D,) pooled, 2 for (1 + g², D) pooled + grid."""
-        return 1 if self.config.visual_prefix == "pooled" else 2
+    def feature_shape(self) -> tuple[int, ...]:
+        """One image's feature shape F (per image of :meth:`image_features`, the cache and prompts): the
+        prefix's own, :meth:`VisualPrefix.feature_shape <.prefix.VisualPrefix.feature_shape>`."""
+        return self.visual_prefix.feature_shape(self.vis_dim)
 
     @property
     def bos_before_image(self) -> bool:
@@ -367,8 +368,7 @@ class Fromage(nn.Module):
         loss = fromage_loss(cap_loss, ret_lm_loss, t2i, i2t, cfg.cap_loss_weight, cfg.ret_loss_weight)
         return FromageOutput(loss, cap_loss, ret_lm_loss, t2i, i2t, t, v, logits_per_text)
 
-    # inference: ``generate`` and ``caption`` are added as methods by the package (fromage_mini/__init__.py
-    # calls ``infer.generate.attach``), so this file does not import the inference layer above it.
+    # inference (layer above): ``fromage_mini.generate(model, prompt)``, ``fromage_mini.caption(model, images)``
 
     # ------------------------------------------------------------------------------------------
     # checkpoints (implemented in checkpoint.py)

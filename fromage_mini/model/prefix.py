@@ -67,6 +67,12 @@ class VisualPrefix(nn.Module):
         """How many LM positions one image takes: k (or g²) visual tokens, plus the cell names if any."""
         return int(self.layout.numel())
 
+    def feature_shape(self, D: int) -> tuple[int, ...]:
+        """One image's feature F that :meth:`forward` reads, for a tower of width D: (D,) pooled, or
+        (1 + g², D): the pooled vector, then the cells' tokens. The package's one notion of it
+        (``Fromage.feature_shape``, which prompts, the feature cache and evaluation go through)."""
+        return (D,) if self.kind == "pooled" else (1 + self.k, D)
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The trained map: (..., D) -> (..., k·d) pooled, or (..., d) per grid cell."""
         if self.weight is not None:

@@ -65,7 +65,8 @@ def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class RetrievalIndex:
-    """An exact cosine nearest-neighbour index over L2-normalised fp16 vectors in a folder.
+    """An exact cosine nearest-neighbour index over L2-normalised fp16 vectors in a folder (an
+    :class:`~fromage_mini.infer.tensor_index.ImageIndex`).
 
     Create with :meth:`build`, :class:`IndexWriter` or :meth:`from_released_pickle`; open with
     :meth:`load`. ``vectors`` is the read-only memory map (N, dim) float16; ``info`` the index.json.
@@ -231,16 +232,16 @@ class RetrievalIndex:
         return self._torch_vectors
 
     def search(self, queries, k: int = 10, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` rows by cosine similarity (:func:`~.search.search`).
+        """Exact top-``k`` rows by cosine similarity (:func:`~.search.search`), as every image index
+        searches (:class:`~fromage_mini.infer.tensor_index.ImageIndex` says what ``k`` and ``exclude`` mean).
 
         Args:
             queries: (d,) or (n, d) numpy array or torch tensor (any float dtype); normalised here.
-            k: results per query (at least 1), capped at ``len(self)``; an empty index returns no
-                columns whatever ``k`` is.
-            exclude: row ids never to return (e.g. images already in the context): a list of ints
-                applied to every query, or a list of n lists, one per query.
+            k: results per query (at least 1), capped at ``len(self)``.
+            exclude: row ids never to return (e.g. images already in the context), for every query or
+                one list per query.
         Returns:
             ``(scores, ids)``: (n, k) float32 cosine similarities, best first, and (n, k) int64 row
-            ids. If exclusions leave fewer than ``k`` rows, the empty slots hold -inf and -1.
+            ids (numpy); slots that exclusions leave empty hold -inf and -1.
         """
         return _search.search(self._tensor, len(self), self.dim, queries, k, exclude)

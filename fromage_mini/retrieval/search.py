@@ -15,7 +15,7 @@ import functools
 import numpy as np
 import torch
 
-from ..errors import FromageError
+from ..infer.tensor_index import check_k, exclusions
 from .store import _as_float32_rows, _normalise_rows
 
 # Search tuning, measured with benchmarks/bench_index.py --strategies on a 2-core AVX2 CPU. Fewer, larger
@@ -35,19 +35,17 @@ _QUERY_GROUP = 64  # queries scanned together in the many-query path (bounds the
 
 
 def search(rows, n_rows: int, dim: int, queries, k: int = 10, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` of ``n_rows`` unit rows of width ``dim`` by cosine (``RetrievalIndex.search``).
+    """Exact top-``k`` of ``n_rows`` unit rows of width ``dim`` by cosine (``RetrievalIndex.search``; what
+    ``k`` and ``exclude`` mean: :class:`~fromage_mini.infer.tensor_index.ImageIndex`).
 
     ``rows()`` gives the (N, d) fp16 tensor; it is called only when there is something to search.
-    ``queries`` (d,) or (n, d), any float dtype, are normalised here; ``exclude``: ids never returned,
-    one list for every query or n lists. Returns (scores (n, k) float32, ids (n, k) int64), best first;
-    slots that exclusions leave empty hold -inf and -1.
+    ``queries`` (d,) or (n, d), any float dtype, are normalised here. Returns (scores (n, k) float32,
+    ids (n, k) int64), best first; slots that exclusions leave empty hold -inf and -1.
     """
     q = _normalise_rows(_as_float32_rows(queries, dim))  # (n, d) float32
     n, N = q.shape[0], n_rows
-    if N and int(k) < 1:
-        raise FromageError(f"search(): k must be at least 1 (results per query), got {k}")
-    k = min(int(k), N)
-    excl = _exclusions(exclude, n)  # n sorted int64 arrays
+    k = check_k(k, N)
+    excl = exclusions(exclude, n)  # n sorted int64 arrays
     scores = np.full((n, k), -np.inf, np.float32)
     ids = np.full((n, k), -1, np.int64)
     if k == 0 or n == 0:
@@ -128,22 +126,6 @@ def _merge(best_s, best_i, new_s, new_i, k):
     top_i = i.gather(-1, j)
     top_i[top_s == -torch.inf] = -1  # excluded rows are never returned, even to fill a slot
     return top_s, top_i
-
-
-def _exclusions(exclude, n: int) -> list[np.ndarray]:
-    """Normalise ``exclude`` to n sorted, unique int64 id arrays (one per query)."""
-    if exclude is None:
-        return [np.empty(0, np.int64)] * n
-    if isinstance(exclude, torch.Tensor):
-        exclude = exclude.cpu().numpy()
-    items = list(exclude)
-    per_query = bool(items) and all(isinstance(x, (list, tuple, np.ndarray, torch.Tensor)) for x in items)
-    if not per_query:
-        return [np.unique(np.asarray(items, dtype=np.int64).reshape(-1))] * n
-    if len(items) != n:
-        raise FromageError(f"exclude has {len(items)} per-query lists for {n} queries")
-    return [np.unique(np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.int64).reshape(-1))
-            for x in items]
 
 
 def _local(ids: np.ndarray, s: int, e: int) -> np.ndarray:

@@ -73,6 +73,7 @@ def write_gallery(model, cache: FeatureCache, out_path, *, images=None, n_images
     index = TensorIndex(torch.nan_to_num(v))
     scores, ids = index.search(t[qrows], len(index), exclude=(~ok).nonzero()[:, 0].tolist())  # (Q, N) ranked
     ranks = [int((ids[j] == r).nonzero()[0, 0]) + 1 for j, r in enumerate(qrows)]
+    k = min(k, len(good))  # an excluded row never fills a slot (its id is -1)
     scores, ids = scores[:, :k], ids[:, :k]
 
     shown = list(dict.fromkeys(rows + ids.flatten().tolist()))

@@ -2,8 +2,8 @@
 
     fromage-mini train --preset toy --out runs/toy
 
-1. Read both splits with the data readers and cache their vision features once (pooled (n, D), or
-   (n, 1 + g², D) with grid cells).
+1. Read both splits with the data readers and cache their vision features once ((n, *F), F the
+   model's ``feature_shape``: (D,) pooled, or (1 + g², D) with grid cells).
 2. AdamW on the adapters only; linear warm-up, then constant (or cosine) lr; gradient clipping.
 3. Every ``val_every`` steps: recall@k both ways on the whole validation split and greedy-caption
    quality; the best checkpoint (by text→image R@1, as the original) is kept.
