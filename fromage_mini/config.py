@@ -75,6 +75,9 @@ class FromageConfig:
             cell, each through the ``projector``. The image retrieval head reads the pooled f in both.
         grid_size: g, cells per side of the grid prefix.
         grid_layer: the tower layer whose patch tokens are pooled (-1: the last layer's output).
+        cell_pool: how a cell's patch tokens become its one input vector: ``"mean"`` (averaged) or
+            ``"concat"`` (the s × s patch tokens of the cell side by side, s = patches per side / g, so the
+            projector sees the shape inside the cell, not only its average).
         cell_names: for the grid prefix, one short text per cell in reading order (e.g. "top left", ...,
             "bottom right"), or None. When set, each cell's token follows its name and a colon
             (`` top left: <cell> top: <cell> ...``), so a frozen LM reads *where* a cell is as words
@@ -114,6 +117,7 @@ class FromageConfig:
     visual_prefix: str = "pooled"
     grid_size: int = 3
     grid_layer: int = -1
+    cell_pool: str = "mean"
     cell_names: tuple[str, ...] | None = None
     projector: str = "linear"
     ret_dim: int = 256
@@ -153,8 +157,11 @@ class FromageConfig:
 
     @property
     def feature_kind(self) -> str:
-        """What one image's cached feature is: "pooled" (D,) or "pooled+grid<g>@<layer>" (1 + g², D)."""
-        return "pooled" if self.visual_prefix == "pooled" else f"pooled+grid{self.grid_size}@{self.grid_layer}"
+        """What one image's cached feature is: "pooled" (D,), "pooled+grid<g>@<layer>" (1 + g², D), or with
+        ``cell_pool="concat"`` "pooled+grid<g>@<layer>+concat" (1 + g²·s², D)."""
+        if self.visual_prefix == "pooled":
+            return "pooled"
+        return f"pooled+grid{self.grid_size}@{self.grid_layer}" + ("+concat" if self.cell_pool == "concat" else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -228,6 +235,7 @@ _MODEL_RULES = {
     "lm": ("str", bool, "a hub name or a path"), "vision": ("str", bool, "a hub name or a path"),
     "n_visual_tokens": _int(1), "ret_dim": _int(1),
     "visual_prefix": _choice("pooled", "grid"), "grid_size": _int(1), "grid_layer": _int(),
+    "cell_pool": _choice("mean", "concat"),
     "projector": _choice("linear", "mlp"), "fast_ret_pass": _BOOL, "pack_sequences": _BOOL,
     "image_dropout": _float(0, 1, hi_open=True), "text_dropout": _float(0, 1, hi_open=True),
     "cap_loss_weight": _float(0), "ret_loss_weight": _float(0), "concat_prob": _float(0, 1),

@@ -1,12 +1,13 @@
 """Named presets: a model config plus a training config, overridable from the command line.
 
-| preset   | LM                          | vision                        | data                  | runs on       |
-|----------|-----------------------------|-------------------------------|-----------------------|---------------|
-| toy      | toy OPT (data_samples)      | toy CLIP (data_samples)       | ShapesWorld sample    | CPU, seconds  |
-| toy-grid | toy OPT, 3x3 grid prefix    | toy CLIP (patch tokens)       | ShapesWorld sample    | CPU, seconds  |
-| smollm2  | SmolLM2-135M-Instruct       | toy CLIP                      | ShapesWorld sample    | CPU, minutes  |
-| opt-125m | facebook/opt-125m           | openai/clip-vit-base-patch32  | CC3M sample (yours)   | laptop GPU    |
-| opt-6.7b | facebook/opt-6.7b           | openai/clip-vit-large-patch14 | full CC3M (yours)     | one GPU       |
+| preset      | LM                             | vision                        | data                | runs on      |
+|-------------|--------------------------------|-------------------------------|---------------------|--------------|
+| toy         | toy OPT (data_samples)         | toy CLIP (data_samples)       | ShapesWorld sample  | CPU, seconds |
+| toy-grid    | toy OPT, 3x3 grid prefix       | toy CLIP (patch tokens)       | ShapesWorld sample  | CPU, seconds |
+| toy-grid-lm | toy OPT taught the grid layout | toy CLIP (patch tokens)       | ShapesWorld sample  | CPU, minutes |
+| smollm2     | SmolLM2-135M-Instruct          | toy CLIP                      | ShapesWorld sample  | CPU, minutes |
+| opt-125m    | facebook/opt-125m              | openai/clip-vit-base-patch32  | CC3M sample (yours) | laptop GPU   |
+| opt-6.7b    | facebook/opt-6.7b              | openai/clip-vit-large-patch14 | full CC3M (yours)   | one GPU      |
 """
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ PRESETS["smollm2-grid"] = ({**PRESETS["smollm2"][0], "visual_prefix": "grid", "g
 # toy-grid: the toy preset with the grid visual prefix (3x3 cells of the toy CLIP's patch tokens, MLP projector)
 PRESETS["toy-grid"] = ({**PRESETS["toy"][0], "visual_prefix": "grid", "grid_size": 3, "projector": "mlp"},
                        dict(PRESETS["toy"][1]))
+# toy-grid-lm: a toy LM pretrained on text that also writes scenes in the named-cell grid layout
+# (" topleft: smallbluecircle top: empty ...", toyworld.corpus.GRID_MIX), read through that same layout;
+# each cell's 2x2 patch tokens side by side (the shape inside a cell survives, an average loses most of it)
+CELL_WORDS = ("topleft", "top", "topright", "left", "center", "right", "bottomleft", "bottom", "bottomright")
+PRESETS["toy-grid-lm"] = ({**PRESETS["toy-grid"][0], "lm": f"{SAMPLES}/toy_lm_grid", "cell_names": CELL_WORDS,
+                           "cell_pool": "concat"}, dict(PRESETS["toy"][1]))
 
 
 def resolve(preset: str, overrides: dict | None = None) -> tuple[FromageConfig, TrainConfig]:

@@ -144,3 +144,32 @@ def test_cell_names_must_name_every_cell_of_a_grid(bad, match):
     kw = dict(visual_prefix="grid", grid_size=2) | bad
     with pytest.raises(ConfigError, match=match):
         FromageConfig(**kw)
+
+
+def test_concat_cells_keep_each_cells_patch_tokens_side_by_side(make_model):
+    m = make_model("opt", "clip", visual_prefix="grid", grid_size=2, cell_pool="concat", concat_prob=0.0)
+    px = pixels(m)
+    f = m.image_features(px)  # (B, 1 + 4 cells x 4 patches, D)
+    assert f.shape == (2, 1 + 16, m.vis_dim)
+    from fromage_mini.infer.prompt import feature_shape
+    assert feature_shape(m) == (17, m.vis_dim)
+    # each cell's four patch tokens, cell after cell, average to the mean-pooled grid
+    mean = backbones.grid_features(m.vision, px, 2)
+    torch.testing.assert_close(f[:, 1:].reshape(2, 4, 4, -1).mean(2), mean[:, 1:], rtol=1e-5, atol=1e-5)
+    # the bottom-right cell holds exactly the bottom-right 2x2 patches, row-major
+    h = m.vision(pixel_values=px).last_hidden_state[:, 1:].reshape(2, 4, 4, -1)
+    torch.testing.assert_close(f[:, 13:17], h[:, 2:, 2:].reshape(2, 4, -1))
+    # the projector sees inside a cell: swapping two patches of one cell changes that cell's token only
+    m.eval()
+    swapped = f.clone()
+    swapped[:, [1, 2]] = f[:, [2, 1]]
+    a, b = m.visual_embeds(f), m.visual_embeds(swapped)
+    assert not torch.allclose(a[:, 0], b[:, 0])
+    torch.testing.assert_close(a[:, 1:], b[:, 1:])
+    assert m.visual_prefix.weight.shape == (m.dims.d_embed, 4 * m.vis_dim)  # one Linear(4·D -> d) per cell
+
+
+def test_concat_cells_need_a_grid_that_divides_the_patches(make_model):
+    m = make_model("opt", "clip", visual_prefix="grid", grid_size=3, cell_pool="concat")
+    with pytest.raises(FromageError, match="dividing the tower's 4x4 patches"):
+        m.image_features(pixels(m))

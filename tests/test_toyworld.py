@@ -206,3 +206,35 @@ def test_pretrain_scripts_smoke(tmp_path):
                       projection=8)
     assert 0.0 <= c["t2i_R@1"] <= 1.0
     assert CLIPVisionModel.from_pretrained(tmp_path / "clip").config.image_size == 16
+
+
+def test_grid_documents_speak_the_named_cell_prefix_layout():
+    """A grid document's layout is, token for token, what the grid prefix with cell names gives the LM
+    (a cell's content where the prefix puts the cell token), and the caption after it starts as a
+    caption does after a visual prefix."""
+    from fromage_mini.model.prefix import prefix_layout
+    from fromage_mini.presets import CELL_WORDS
+    from fromage_mini.toyworld.corpus import EMPTY_WORD, GRID_MIX, build_corpus
+    from fromage_mini.toyworld.pretrain_lm import encode_documents
+    from fromage_mini.toyworld.tokenizer import train_tokenizer
+    from fromage_mini.toyworld.world import CELLS
+
+    assert CELL_WORDS == CELLS  # the preset names the cells as the corpus does
+    docs = build_corpus(SEED, 400, GRID_MIX)
+    tok = train_tokenizer([d if isinstance(d, str) else "".join(d) for d in docs])
+    grid = [(i, d) for i, d in enumerate(docs) if isinstance(d, tuple) and d[1].startswith("a ")]
+    assert grid and any(isinstance(d, tuple) and d[1].startswith("Q:") for d in docs)
+    i, (layout_text, cap) = grid[0]
+    scene = make_scene(SEED, "train", i)
+    assert cap == canonical_caption(scene)
+    ids = encode_documents(tok, [docs[i]])[0]
+    layout = prefix_layout(tok, CELLS, 9).tolist()
+    head = ids[1:1 + len(layout)]  # after </s>
+    assert [t for t, slot in zip(head, layout) if slot >= 0] == [t for t in layout if t >= 0]
+    contents = tok.convert_ids_to_tokens([t for t, slot in zip(head, layout) if slot < 0])
+    want = [EMPTY_WORD] * 9
+    for o in scene["objects"]:
+        want[o["cell"]] = f"{o['size']}{o['colour']}{o['shape']}"
+    assert [c.lstrip("Ġ") for c in contents] == want
+    assert ids[1 + len(layout):] == tok(cap, add_special_tokens=False).input_ids  # "a", not " a"
+    assert ids[1 + len(layout)] == tok(cap).input_ids[1]

@@ -252,6 +252,14 @@ def kv_cache(out):
     return out["cache"] if "cache" in out.keys() else out.get("past_key_values")
 
 
+def patches_per_cell(vision: nn.Module, g: int, pool: str) -> int:
+    """Feature vectors per grid cell: 1 with ``pool="mean"``, s² with "concat" (s = P / g for the tower's
+    P × P patch grid, P = image_size // patch_size of its config)."""
+    cfg = vision.config
+    cfg = getattr(cfg, "vision_config", cfg)
+    return (cfg.image_size // cfg.patch_size // g) ** 2 if pool == "concat" else 1
+
+
 def vision_dim(vision: nn.Module) -> int:
     """Width of the pooled vector the vision tower returns (``pooler_output``)."""
     cfg = vision.config
@@ -268,9 +276,12 @@ def pooled_features(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def grid_features(vision: nn.Module, pixel_values: torch.Tensor, g: int, layer: int = -1) -> torch.Tensor:
+def grid_features(vision: nn.Module, pixel_values: torch.Tensor, g: int, layer: int = -1,
+                  pool: str = "mean") -> torch.Tensor:
     """(B, 3, H, W) pixels -> (B, 1 + g², vis_dim) in fp32: the pooled feature, then the patch tokens
-    of ``layer`` average-pooled to a g × g grid (row-major cells; a CLS token is left out).
+    of ``layer`` average-pooled to a g × g grid (row-major cells; a CLS token is left out). With
+    ``pool="concat"``, (B, 1 + g²·s², vis_dim): each cell's s × s patch tokens (row-major) instead of
+    their mean, cell after cell (s = P / g for a P × P patch grid; g must divide P).
 
     Patch tokens come as a P × P square (SigLIP) or a CLS token plus the square (CLIP).
     """
@@ -285,5 +296,11 @@ def grid_features(vision: nn.Module, pixel_values: torch.Tensor, g: int, layer: 
             raise FromageError(f"cannot lay {N} vision tokens out as a square patch grid")
     if g > P:
         raise FromageError(f"grid_size {g} is finer than the tower's {P}x{P} patches")
+    if pool == "concat":
+        if P % g:
+            raise FromageError(f"cell_pool='concat' needs grid_size dividing the tower's {P}x{P} patches, got {g}")
+        s = P // g
+        cells = h.reshape(B, g, s, g, s, D).transpose(2, 3).reshape(B, g * g * s * s, D)  # cell-major
+        return torch.cat([out.pooler_output.float()[:, None], cells.float()], 1)
     cells = F.adaptive_avg_pool2d(h.transpose(1, 2).reshape(B, D, P, P).float(), g)  # (B, D, g, g)
     return torch.cat([out.pooler_output.float()[:, None], cells.flatten(2).transpose(1, 2)], 1)

@@ -12,8 +12,8 @@ The paper in four lines (f: the frozen tower's image feature, h_l: the frozen LM
 
 Trained (everything else is frozen):
     visual_prefix   Linear(D -> k·d)       image feature f -> k LM input embeddings (FROMAGe's pooled
-                                           prefix; the grid prefix maps each of g² = k cell tokens
-                                           with Linear(D -> d) or an MLP D -> d -> d instead: prefix.py)
+                                           prefix; the grid prefix maps each of g² = k cells, its patch
+                                           tokens averaged or side by side, with a Linear or MLP: prefix.py)
     cell_embedding  (g², d)                grid prefix only: a learned "where" vector per cell
     ret_embedding   (d,)                   [RET]'s input embedding
     ret_output      (d_out,)               [RET]'s output-head row (untied LMs only; tied LMs
@@ -71,10 +71,10 @@ class Fromage(nn.Module):
 
         # ---- the trained adapters -------------------------------------------------------------
         self.visual_prefix = VisualPrefix(self.vis_dim, d, k, config.visual_prefix, config.projector,
-                                          config.image_dropout, config.cell_names, tokenizer)
-        # grid prefix: a learned "where" vector per cell (starting at 0), added to its token: the projector
-        # is shared by the cells, and a frozen LM does not tell the cells apart by their positions alone.
-        # Held here (checkpoint key ``cell_embedding``) and passed to the prefix in visual_embeds.
+                                          config.image_dropout, config.cell_names, tokenizer,
+                                          backbones.patches_per_cell(vision, config.grid_size, config.cell_pool))
+        # grid prefix: a learned "where" vector per cell (from 0), added to its token (the projector is shared
+        # and a frozen LM does not tell cells apart by position alone); key ``cell_embedding``, see visual_embeds.
         self.cell_embedding = nn.Parameter(torch.zeros(k, d)) if config.visual_prefix == "grid" else None
         self.ret_embedding = nn.Parameter(torch.empty(d))
         self.ret_output = None if dims.tied else nn.Parameter(torch.empty(dims.d_out))
@@ -159,10 +159,10 @@ class Fromage(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> what the frozen tower gives the adapters (no grad; what the cache stores):
-        (B, D) pooled features f, or for the grid prefix (B, 1 + g², D): f, then the g² cell tokens."""
+        (B, D) pooled features f, or for the grid prefix (B, 1 + g²·s², D): f, then the cells' tokens."""
         cfg = self.config
         if cfg.visual_prefix == "grid":
-            return backbones.grid_features(self.vision, pixel_values, cfg.grid_size, cfg.grid_layer)
+            return backbones.grid_features(self.vision, pixel_values, cfg.grid_size, cfg.grid_layer, cfg.cell_pool)
         return backbones.pooled_features(self.vision, pixel_values)
 
     @property

@@ -45,12 +45,16 @@ class VisualPrefix(nn.Module):
 
     ``kind``: "pooled" (FROMAGe) or "grid"; ``projector``: "linear" or "mlp" (grid only);
     ``cell_names``: one name per grid cell, or None; their tokens come from ``tokenizer`` (not kept).
+    ``cell_patches``: feature vectors per cell (1 averaged; s² with ``cell_pool="concat"``), joined into
+    one input of width ``cell_patches``·D.
     """
 
     def __init__(self, D: int, d: int, k: int, kind: str = "pooled", projector: str = "linear",
-                 dropout: float = 0.0, cell_names=None, tokenizer=None):
+                 dropout: float = 0.0, cell_names=None, tokenizer=None, cell_patches: int = 1):
         super().__init__()
         self.kind, self.k, self.d = kind, k, d
+        self.cell_patches = cell_patches if kind == "grid" else 1
+        D = D * self.cell_patches
         if kind == "grid" and projector == "mlp":  # LLaVA-1.5's projector, keys 0.* and 2.*
             self.register_parameter("weight", None)
             for i, layer in enumerate((nn.Linear(D, d), nn.GELU(), nn.Linear(d, d))):
@@ -69,9 +73,9 @@ class VisualPrefix(nn.Module):
 
     def feature_shape(self, D: int) -> tuple[int, ...]:
         """One image's feature F that :meth:`forward` reads, for a tower of width D: (D,) pooled, or
-        (1 + g², D): the pooled vector, then the cells' tokens. The package's one notion of it
-        (``Fromage.feature_shape``, which prompts, the feature cache and evaluation go through)."""
-        return (D,) if self.kind == "pooled" else (1 + self.k, D)
+        (1 + g²·cell_patches, D): the pooled vector, then the cells' tokens. The package's one notion of
+        it (``Fromage.feature_shape``, which prompts, the feature cache and evaluation go through)."""
+        return (D,) if self.kind == "pooled" else (1 + self.k * self.cell_patches, D)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The trained map: (..., D) -> (..., k·d) pooled, or (..., d) per grid cell."""
@@ -82,7 +86,7 @@ class VisualPrefix(nn.Module):
 
     def forward(self, features: torch.Tensor, cell_embedding: torch.Tensor | None = None,
                 embed=None) -> torch.Tensor:
-        """Features (B, D) pooled or (B, 1 + g², D) pooled + grid cells -> (B, n_prefix, d).
+        """Features (B, D) pooled or (B, 1 + g²·cell_patches, D) pooled + grid cells -> (B, n_prefix, d).
 
         ``cell_embedding``: (g², d), added to the grid's cell tokens; ``embed``: the frozen LM's input
         embedding (a module or callable: ids -> embeddings), needed only with cell names.
@@ -90,8 +94,9 @@ class VisualPrefix(nn.Module):
         B = features.shape[0]
         dtype = next(self.parameters()).dtype
         if self.kind == "grid":
-            cells = features[:, 1:].to(dtype)  # (B, g², D); the towers' patch tokens are not on one scale
-            x = self.project(F.layer_norm(cells, cells.shape[-1:])) + cell_embedding  # (B, g², d)
+            cells = features[:, 1:].to(dtype)  # (B, g²·cell_patches, D); towers' tokens are not on one scale
+            cells = F.layer_norm(cells, cells.shape[-1:]).reshape(B, self.k, -1)  # (B, g², cell_patches·D)
+            x = self.project(cells) + cell_embedding  # (B, g², d)
         else:
             x = self.project(features.to(dtype))  # (B, k·d)
         x = self.dropout(x).view(B, self.k, self.d)  # (B, k, d)

@@ -15,6 +15,12 @@ documents make later words depend on the whole caption:
 * ``styled`` (5 %): a caption in another style (synonyms, relations, alt text…), followed by a summary
   half of the time.
 
+:data:`GRID_MIX` adds two kinds for an LM meant to read the grid prefix with named cells: the scene
+written in that prefix's fixed layout, ``" topleft: smallbluecircle top: empty … bottomright: empty"``
+(every cell, in reading order), then the caption (``grid``) or Q/A lines (``grid_qa``). Such a document
+is a tuple (layout, rest): the two parts are tokenized separately, so the rest starts exactly as a
+caption or question does after a visual prefix.
+
 The first three are the prototype's "v4" mix (20/60/20) scaled to 80 %. The word " summary" is also the
 initial embedding of FROMAGe's [RET] token.
 """
@@ -23,12 +29,15 @@ from __future__ import annotations
 import numpy as np
 
 from .captions import canonical_caption, compound, random_styled_caption
-from .dialogue import dialogue_text, make_dialogue
+from .dialogue import dialogue_text, make_dialogue, turn_text
 from .stories import make_story, story_text
 from .world import CELLS, make_scene
 
 MIX = {"caption": 0.16, "summary": 0.48, "summary_first": 0.16, "qa": 0.10, "story": 0.05, "styled": 0.05}
+GRID_MIX = {"caption": 0.10, "summary": 0.30, "summary_first": 0.06, "qa": 0.08, "story": 0.03, "styled": 0.03,
+            "grid": 0.25, "grid_qa": 0.15}
 SUMMARY_WORD = "summary"
+EMPTY_WORD = "empty"
 
 
 def summary(objects: list[dict], order=None) -> str:
@@ -37,8 +46,17 @@ def summary(objects: list[dict], order=None) -> str:
     return ", ".join(f"{compound(objects[i])} {CELLS[objects[i]['cell']]}" for i in order)
 
 
-def document(kind: str, scene: dict, rng: np.random.Generator, story: dict | None = None) -> str:
-    """One corpus document of the given kind about ``scene`` (or ``story`` for kind "story")."""
+def grid_layout(objects: list[dict]) -> str:
+    """``" topleft: smallbluecircle top: empty …"``: every cell's name and content, in reading order."""
+    content = [EMPTY_WORD] * len(CELLS)
+    for o in objects:
+        content[o["cell"]] = compound(o)
+    return "".join(f" {name}: {c}" for name, c in zip(CELLS, content))
+
+
+def document(kind: str, scene: dict, rng: np.random.Generator, story: dict | None = None) -> str | tuple[str, str]:
+    """One corpus document of the given kind about ``scene`` (or ``story`` for kind "story"); the grid
+    kinds give a (layout, rest) tuple."""
     cap = canonical_caption(scene)
     objs = scene["objects"]
     if kind == "caption":
@@ -49,6 +67,11 @@ def document(kind: str, scene: dict, rng: np.random.Generator, story: dict | Non
         return f"{summary(objs)}: {cap}"
     if kind == "qa":
         return dialogue_text(scene, make_dialogue(scene, rng, n_turns=int(rng.integers(2, 5))))
+    if kind == "grid":
+        return grid_layout(objs), cap
+    if kind == "grid_qa":
+        turns = make_dialogue(scene, rng, n_turns=int(rng.integers(2, 5)))
+        return grid_layout(objs), "\n".join(turn_text(t) for t in turns)
     if kind == "story":
         return story_text(story)
     if kind == "styled":
@@ -59,7 +82,7 @@ def document(kind: str, scene: dict, rng: np.random.Generator, story: dict | Non
     raise ValueError(f"unknown document kind {kind!r}")
 
 
-def build_corpus(seed: int, n_docs: int, mix: dict | None = None, start: int = 0) -> list[str]:
+def build_corpus(seed: int, n_docs: int, mix: dict | None = None, start: int = 0) -> list[str | tuple[str, str]]:
     """``n_docs`` documents from train-split scenes ``start…start+n_docs-1`` (and train stories).
 
     Only the ``train`` and ``story_train`` splits are used, so validation scenes never leak into

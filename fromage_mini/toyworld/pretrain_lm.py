@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import OPTConfig, OPTForCausalLM
 
 from .captions import compound
-from .corpus import SUMMARY_WORD, build_corpus, caption_corpus
+from .corpus import GRID_MIX, SUMMARY_WORD, build_corpus, caption_corpus
 from .tokenizer import EOS_ID, PAD_ID, train_tokenizer
 from .world import make_scene
 
@@ -63,6 +63,19 @@ def collate(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 # ---------------------------------------------------------------- evaluation
+
+def encode_documents(tok, docs: list) -> list[list[int]]:
+    """Token ids of corpus documents: a string as one text (``</s>`` first); a tuple's parts tokenized
+    separately and joined, so each later part starts as it would after a visual prefix."""
+    plain = [i for i, d in enumerate(docs) if isinstance(d, str)]
+    out = [None] * len(docs)
+    for i, ids in zip(plain, tok([docs[i] for i in plain]).input_ids if plain else []):
+        out[i] = ids
+    for i, d in enumerate(docs):
+        if out[i] is None:
+            out[i] = tok(d[0]).input_ids + [t for part in d[1:] for t in tok(part, add_special_tokens=False).input_ids]
+    return out
+
 
 @torch.no_grad()
 def caption_nll(model, tok, captions: list[str], batch_size: int = 256) -> float:
@@ -133,9 +146,10 @@ def pretrain_lm(out: str | Path, steps: int = 3000, batch_size: int = 128, n_doc
     t0 = time.time()
     torch.manual_seed(seed)
     docs = build_corpus(seed, n_docs, mix)
-    tok = tokenizer or train_tokenizer(docs, model_max_length=model_kw.get("max_positions", 256))
+    tok = tokenizer or train_tokenizer([d if isinstance(d, str) else "".join(d) for d in docs],
+                                       model_max_length=model_kw.get("max_positions", 256))
     max_len = model_kw.get("max_positions", 256)
-    seqs = [(x + [EOS_ID])[:max_len] for x in tok(docs).input_ids]
+    seqs = [(x + [EOS_ID])[:max_len] for x in encode_documents(tok, docs)]
     lengths = np.array([len(s) for s in seqs])
     val_scenes = [make_scene(seed, "val", i) for i in range(n_eval)]
     from .captions import canonical_caption
@@ -198,11 +212,16 @@ def main(argv=None) -> None:
     ap.add_argument("--n-docs", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mix", choices=("default", "grid"), default="default",
+                    help="grid: add documents in the named-cell grid layout (an LM for the grid prefix)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     import json
 
     m = pretrain_lm(a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_docs=a.n_docs, seed=a.seed,
-                    device=a.device)
+                    device=a.device, mix=GRID_MIX if a.mix == "grid" else None)
     print(json.dumps(m, indent=2))
 
 
