@@ -62,8 +62,6 @@ def collate(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
-# ---------------------------------------------------------------- evaluation
-
 def encode_documents(tok, docs: list) -> list[list[int]]:
     """Token ids of corpus documents: a string as one text (``</s>`` first); a tuple's parts tokenized
     separately and joined, so each later part starts as it would after a visual prefix."""
@@ -76,6 +74,8 @@ def encode_documents(tok, docs: list) -> list[list[int]]:
             out[i] = tok(d[0]).input_ids + [t for part in d[1:] for t in tok(part, add_special_tokens=False).input_ids]
     return out
 
+
+# ---------------------------------------------------------------- evaluation
 
 @torch.no_grad()
 def caption_nll(model, tok, captions: list[str], batch_size: int = 256) -> float:
