@@ -15,7 +15,7 @@ from .errors import FromageError
 
 # subcommand -> module that defines ``register(subparsers)``
 COMMANDS = {
-    "demo": "fromage_mini.demo",
+    "tour": "fromage_mini.tour",
     "train": "fromage_mini.train.loop",
     "data": "fromage_mini.data.cc3m",
     "eval": "fromage_mini.eval.cli",

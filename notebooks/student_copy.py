@@ -8,7 +8,9 @@ In every code cell, each block from a ``# BEGIN SOLUTION`` line to the next ``# 
 (both included) becomes one ``# YOUR CODE HERE`` line, indented like the ``# BEGIN SOLUTION`` line.
 What follows ``# END SOLUTION`` (the exercise's self-check) stays, so running a copy before the
 exercise is done stops at that check. Every code cell loses its outputs and execution count;
-markdown cells and cells without the markers are left exactly as they are.
+markdown cells and cells without the markers are left exactly as they are. Cells tagged
+``wrong-answers`` (the course's own test that each self-check refuses plausible wrong answers, see
+exercise_check.py) are dropped: they would give the answers away.
 
 The output folder also gets a ``conftest.py`` that keeps pytest from collecting the copies
 (``pytest --nbval notebooks`` would otherwise run unfinished notebooks and fail).
@@ -22,6 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END, PLACEHOLDER = "# BEGIN SOLUTION", "# END SOLUTION", "# YOUR CODE HERE"
+WRONG_TAG = "wrong-answers"  # exercise_check.TAG
 _BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 _END = re.compile(r"^\s*# END SOLUTION\s*$")
 CONFTEST = '"""Student copies of the notebooks: unfinished on purpose, so pytest does not collect them."""\n' \
@@ -53,10 +56,11 @@ def strip_solutions(source: str) -> str:
 
 
 def student_notebook(nb):
-    """A copy of notebook ``nb`` (nbformat v4) with solutions stripped and all code outputs cleared."""
+    """A copy of notebook ``nb`` (nbformat v4): solutions stripped, wrong-answer cells dropped, outputs cleared."""
     import copy
 
     nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if WRONG_TAG not in c.get("metadata", {}).get("tags", [])]
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue

@@ -18,7 +18,7 @@ LAYERS = [
     {"retrieval"},
     {"eval", "tools"},
     {"train"},
-    {"chat", "qa", "demo", "cli", "__init__"},
+    {"chat", "qa", "tour", "cli", "__init__"},
 ]
 
 

@@ -167,3 +167,13 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     r = subprocess.run([ruff, "check", "--no-cache", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_docs_name_only_real_subcommands():
+    """Every ``fromage-mini <word>`` in README, docs/ and the notebooks' README is a subcommand of the CLI."""
+    from fromage_mini.cli import COMMANDS
+
+    texts = [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {(p.name, m[1]) for p in texts for m in re.finditer(r"\bfromage-mini ([a-z][a-z0-9-]*)", p.read_text())}
+    wrong = sorted(f"{file}: fromage-mini {cmd}" for file, cmd in named if cmd not in COMMANDS)
+    assert named and not wrong, f"not subcommands ({', '.join(COMMANDS)}): {wrong}"

@@ -163,3 +163,90 @@ def test_every_notebook_has_three_exercises():
     lacking = {name: n for name, n in counts.items() if n < MIN_EXERCISES}
     assert not lacking, (f"notebooks with fewer than {MIN_EXERCISES} exercises: "
                          + ", ".join(f"{name} ({n})" for name, n in lacking.items()))
+
+
+# --- every exercise's self-check must refuse plausible wrong answers (notebooks/exercise_check.py) ---------
+
+_cspec = importlib.util.spec_from_file_location("exercise_check", NOTEBOOKS / "exercise_check.py")
+exercise_check = importlib.util.module_from_spec(_cspec)
+_cspec.loader.exec_module(exercise_check)
+
+
+def _wrong_answer_call(cell) -> tuple[str, int, list[str]] | None:
+    """(notebook, exercise, wrong-answer names) of the ``wrong_answers_fail`` call in ``cell``, or None."""
+    import ast
+
+    for node in ast.walk(ast.parse(cell.source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "wrong_answers_fail":
+            nb, n, wrong = node.args[:3]
+            return ast.literal_eval(nb), ast.literal_eval(n), [ast.literal_eval(k) for k in wrong.keys]
+    return None
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+def test_every_exercise_is_followed_by_its_wrong_answers(path):
+    """After each exercise's code cell: a cell tagged wrong-answers that checks >= 2 wrong answers of it."""
+    nb = nbformat.read(path, as_version=4)
+    problems = []
+    for n, i in enumerate(_exercise_cells(nb), 1):
+        cell = nb.cells[i + 2] if i + 2 < len(nb.cells) else None
+        call = _wrong_answer_call(cell) if cell is not None and cell.cell_type == "code" else None
+        if call is None or exercise_check.TAG not in cell.metadata.get("tags", []):
+            problems.append(f"exercise {n}: no cell tagged {exercise_check.TAG!r} calling wrong_answers_fail after it")
+        elif call[:2] != (path.stem, n) or len(call[2]) < 2:
+            problems.append(f"exercise {n}: wrong_answers_fail{call[:2]} with {len(call[2])} wrong answer(s); "
+                            f"expected ({path.stem!r}, {n}) with at least 2")
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+def _exercise_file(tmp_path):
+    nb = _toy_notebook()
+    path = tmp_path / "toy.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_wrong_answers_are_refused_and_the_right_one_would_pass(tmp_path, capsys):
+    path = _exercise_file(tmp_path)
+    exercise_check.wrong_answers_fail(path, 1, {"doubled": "def square(x):\n    return 2 * x",
+                                                "off by one": "def square(x):\n    return x * x + 1"}, {})
+    assert capsys.readouterr().out.count("refused by the self-check") == 2
+    with pytest.raises(AssertionError, match="passes the wrong answer 'right after all'"):
+        exercise_check.wrong_answers_fail(path, 1, {"right after all": "def square(x):\n    return x ** 2"}, {})
+    with pytest.raises(RuntimeError, match="crashed"):  # not plausible code: fails before the check
+        exercise_check.wrong_answers_fail(path, 1, {"typo": "def square(x):\n    return x * y2"}, {})
+    with pytest.raises(ValueError, match="no '### Exercise 2"):
+        exercise_check.wrong_answers_fail(path, 2, {"any": "pass"}, {})
+
+
+def test_wrong_answers_run_in_a_copy_of_the_namespace(tmp_path):
+    path = _exercise_file(tmp_path)
+    ns = {"marker": 1}
+    with pytest.raises(AssertionError):  # the answer passes, and its names do not leak into ns
+        exercise_check.wrong_answers_fail(path, 1, {"fine": "marker = 2\ndef square(x):\n    return x * x"}, ns)
+    assert ns == {"marker": 1}
+
+
+def test_wrong_answer_takes_the_solution_blocks_indentation():
+    src = "def f(v):\n    # BEGIN SOLUTION\n    w = v + 1\n    return w\n    # END SOLUTION\n\n\nassert f(1) == 2"
+    out = exercise_check.with_answer(src, "w = v\nreturn w")
+    assert out == "def f(v):\n    w = v\n    return w\n\n\nassert f(1) == 2"
+    with pytest.raises(ValueError, match="exactly one"):
+        exercise_check.with_answer("x = 1\nassert x", "x = 2")
+
+
+def test_student_copies_drop_the_wrong_answer_cells():
+    nb = _toy_notebook()
+    nb.cells.insert(4, nbformat.v4.new_code_cell('wrong_answers_fail("toy", 1, {"a": "b"}, globals())',
+                                                 metadata={"tags": [exercise_check.TAG]}))
+    out = student_copy.student_notebook(nb)
+    assert len(out.cells) == len(nb.cells) - 1
+    assert not any("wrong_answers_fail" in c.source for c in out.cells)
+
+
+def test_every_notebook_has_a_build_it_exercise():
+    """At least one exercise per notebook where the student writes a piece of FROMAGe ('— build it: ...')."""
+    lacking = [p.name for p in PATHS
+               if not any(nbformat.read(p, as_version=4).cells[i].source.split("\n")[0].split(" — ", 1)[1]
+                          .startswith("build it:") for i in _exercise_cells(nbformat.read(p, as_version=4)))]
+    assert not lacking, f"notebooks without a '### Exercise N — build it: ...' exercise: {', '.join(lacking)}"

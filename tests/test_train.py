@@ -115,3 +115,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision
     a = json.loads((tmp_path / "full/metrics.json").read_text())
     b = json.loads((out / "metrics.json").read_text())
     assert a["t2i"] == b["t2i"] and a["i2t"] == b["i2t"] and a["best_step"] == b["best_step"]
+
+
+def test_cli_tour_trains_saves_and_reloads(tmp_path):
+    """``fromage-mini tour``: the losses fall on tiny random backbones and the adapters round-trip."""
+    from fromage_mini import tour
+
+    out = tour.run(tmp_path, steps=20)
+    assert out["reload_identical"]
+    assert out["final_loss"] < out["first_loss"]

@@ -1,4 +1,6 @@
-"""``fromage-mini demo``: a one-minute tour on tiny random backbones (no data, no downloads).
+"""``fromage-mini tour``: a one-minute tour on tiny random backbones (no data, no downloads).
+
+(Not ``make demo``, which trains the toy preset on ShapesWorld: ``fromage-mini train --preset toy``.)
 
 It builds a tiny OPT and a tiny CLIP tower, trains the adapters for a few dozen steps on random
 image features paired with fixed captions, shows every loss falling and the model learning to
@@ -30,6 +32,7 @@ def run(out: str | Path, steps: int = 60, seed: int = 0) -> dict:
     model.train()
     for step in range(steps + 1):
         o = model(**batch)
+        first = o.loss.item() if step == 0 else first
         if step % 20 == 0:
             print(f"step {step:3d}  loss {o.loss.item():.3f}  cap {o.cap_loss.item():.3f}  "
                   f"ret-lm {o.ret_lm_loss.item():.3f}  t2i {o.t2i_loss.item():.3f}  "
@@ -42,11 +45,11 @@ def run(out: str | Path, steps: int = 60, seed: int = 0) -> dict:
     again = Fromage.from_pretrained(out / "adapters")
     same = all(torch.equal(a, again.adapter_state_dict()[n]) for n, a in model.adapter_state_dict().items())
     print(f"saved adapters to {out / 'adapters'} and reloaded them (identical: {same})")
-    return {"final_loss": o.loss.item(), "reload_identical": same}
+    return {"first_loss": first, "final_loss": o.loss.item(), "reload_identical": same}
 
 
 def register(sub):
-    p = sub.add_parser("demo", help="a quick tour on tiny random backbones")
-    p.add_argument("--out", default="runs/demo")
+    p = sub.add_parser("tour", help="a one-minute tour of the losses on tiny random backbones (make demo is train --preset toy)")
+    p.add_argument("--out", default="runs/tour")
     p.add_argument("--steps", type=int, default=60)
     p.set_defaults(func=lambda a: run(a.out, a.steps) and 0)
