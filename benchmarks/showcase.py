@@ -49,7 +49,7 @@ def retrieval_part(m, recs, out):
     out["retrieval"] = recall_at_k_dataset(m, [(r["caption"], ROOT / r["image"]) for r in recs], ks=(1, 5, 10))
 
 
-def qa_part(m, dialogues, out, chat: bool):
+def qa_part(m, dialogues, out, chat: bool, ret_scale: float = 1.0):
     from fromage_mini.qa import chat_answers, rank_options
 
     load = lambda rec: Image.open(ROOT / rec["image"])  # noqa: E731
@@ -57,7 +57,7 @@ def qa_part(m, dialogues, out, chat: bool):
     out[key] = {}
     for ctx in ("image", "caption", "none"):
         if chat:
-            acc, ex = chat_answers(m, dialogues, load, ctx, examples=6)
+            acc, ex = chat_answers(m, dialogues, load, ctx, examples=6, ret_scale_factor=ret_scale)
             out[key][ctx] = acc | {"examples": ex}
         else:
             out[key][ctx] = rank_options(m, dialogues, load, ctx)
@@ -96,6 +96,8 @@ def main(argv=None):
     ap.add_argument("--name", required=True, help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--pairs", type=int, default=500)
     ap.add_argument("--qa", type=int, default=150, help="validation dialogues (4 questions each)")
+    ap.add_argument("--chat-ret-scale", type=float, default=1.0,
+                    help="ret_scale_factor of the chat answers (1: as trained; <1 makes [RET] rarer)")
     ap.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {','.join(PARTS)}")
     a = ap.parse_args(argv)
     skip = {s for s in a.skip.split(",") if s}
@@ -103,7 +105,7 @@ def main(argv=None):
     m = Fromage.from_pretrained(a.model).eval()
     recs = json.loads((ROOT / "scenes_val.json").read_text())[: a.pairs]
     dialogues = json.loads((ROOT / "dialogues_val.json").read_text())[: a.qa]
-    out = {"model": a.model, "pairs": len(recs), "qa_dialogues": len(dialogues)}
+    out = {"model": a.model, "pairs": len(recs), "qa_dialogues": len(dialogues), "chat_ret_scale": a.chat_ret_scale}
     t0 = time.perf_counter()
     with torch.inference_mode():
         for part in PARTS:
@@ -115,7 +117,7 @@ def main(argv=None):
             elif part == "retrieval":
                 retrieval_part(m, recs, out)
             elif part in ("qa", "chat"):
-                qa_part(m, dialogues, out, chat=part == "chat")
+                qa_part(m, dialogues, out, chat=part == "chat", ret_scale=a.chat_ret_scale)
             elif part == "ret_turn":
                 ret_turn_part(m, recs, out)
             else:

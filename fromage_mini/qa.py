@@ -93,12 +93,14 @@ def rank_options(model, dialogues: list[dict], load_image, context: str = "image
 
 
 def chat_answers(model, dialogues: list[dict], load_image, context: str = "image", index=None,
-                 max_new_tokens: int = 12, progress: bool = False, examples: int = 0):
+                 max_new_tokens: int = 12, progress: bool = False, examples: int = 0,
+                 ret_scale_factor: float = 1.0):
     """Greedy answers through :class:`~fromage_mini.chat.Dialogue`, one new dialogue per question.
 
     Returns ``(accuracy per type, examples)``: the first ``examples`` (question, answer, gold)
     triples, and in the accuracy dict ``"ret_rate"``, the share of answers that emitted [RET]
-    (no question here asks for an image, so every [RET] is unwanted).
+    (no question here asks for an image, so every [RET] is unwanted). ``ret_scale_factor`` goes to
+    :func:`~fromage_mini.infer.generate.generate` (1: the model as trained; below 1, [RET] is rarer).
     """
     from tqdm.auto import tqdm
 
@@ -109,7 +111,8 @@ def chat_answers(model, dialogues: list[dict], load_image, context: str = "image
         image = load_image(rec) if context == "image" else None
         ctx = context_items(context, image, rec["caption"])
         for t in rec["turns"]:
-            chat = Dialogue(model, index, context=ctx, max_new_tokens=max_new_tokens)
+            chat = Dialogue(model, index, context=ctx, max_new_tokens=max_new_tokens,
+                            ret_scale_factor=ret_scale_factor)
             result = chat.ask(t["question"])
             text = result.text
             rets += any(p.generated for p in result.retrievals)
