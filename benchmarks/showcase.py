@@ -6,7 +6,8 @@ free answers, a retrieval turn and contextual retrieval. Writes benchmarks/resul
 
 Captions and retrieval use the 500 validation pairs (``--pairs``); QA the first ``--qa`` validation
 dialogues (4 questions each); contextual retrieval the 100 validation stories. Each part prints as it
-finishes; ``--skip`` leaves parts out (e.g. ``--skip chat,stories``).
+finishes; ``--skip`` leaves parts out (e.g. ``--skip chat,stories``), and ``--update`` keeps the parts
+an earlier run stored in NAME.json (so a slow model can be measured part by part).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import RESULTS, write_result  # noqa: E402
 
 from fromage_mini import Fromage  # noqa: E402
 from fromage_mini.paths import DATA_SAMPLES  # noqa: E402
@@ -98,6 +99,7 @@ def main(argv=None):
     ap.add_argument("--qa", type=int, default=150, help="validation dialogues (4 questions each)")
     ap.add_argument("--chat-ret-scale", type=float, default=1.0,
                     help="ret_scale_factor of the chat answers (1: as trained; <1 makes [RET] rarer)")
+    ap.add_argument("--update", action="store_true", help="keep the parts already stored in NAME.json")
     ap.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {','.join(PARTS)}")
     a = ap.parse_args(argv)
     skip = {s for s in a.skip.split(",") if s}
@@ -105,7 +107,10 @@ def main(argv=None):
     m = Fromage.from_pretrained(a.model).eval()
     recs = json.loads((ROOT / "scenes_val.json").read_text())[: a.pairs]
     dialogues = json.loads((ROOT / "dialogues_val.json").read_text())[: a.qa]
-    out = {"model": a.model, "pairs": len(recs), "qa_dialogues": len(dialogues), "chat_ret_scale": a.chat_ret_scale}
+    old = RESULTS / f"{a.name}.json"
+    out = json.loads(old.read_text()) if a.update and old.exists() else {}
+    out.pop("machine", None)
+    out.update({"model": a.model, "pairs": len(recs), "qa_dialogues": len(dialogues), "chat_ret_scale": a.chat_ret_scale})
     t0 = time.perf_counter()
     with torch.inference_mode():
         for part in PARTS:
@@ -125,8 +130,9 @@ def main(argv=None):
             if part not in ("qa", "chat"):
                 print(part, json.dumps({k: v for k, v in out[part].items() if k != "examples"}), flush=True)
             out.setdefault("seconds", {})[part] = round(time.perf_counter() - t, 1)
-    out["total_s"] = round(time.perf_counter() - t0, 1)
-    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    out["total_s"] = round(time.perf_counter() - t0, 1) + (out.get("total_s", 0) if a.update else 0)
+    out["peak_rss_gib"] = max(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+                              out.get("peak_rss_gib", 0) if a.update else 0)
     write_result(a.name, out)
 
 
