@@ -110,7 +110,8 @@ def main(argv=None):
     old = RESULTS / f"{a.name}.json"
     out = json.loads(old.read_text()) if a.update and old.exists() else {}
     out.pop("machine", None)
-    out.update({"model": a.model, "pairs": len(recs), "qa_dialogues": len(dialogues), "chat_ret_scale": a.chat_ret_scale})
+    out.update({"model": a.model, "pairs": len(recs), "qa_dialogues": len(dialogues),
+                "chat_ret_scale": a.chat_ret_scale})
     t0 = time.perf_counter()
     with torch.inference_mode():
         for part in PARTS:

@@ -61,6 +61,13 @@ PRESETS["toy-grid-lm"] = ({**PRESETS["toy-grid"][0], "lm": f"{SAMPLES}/toy_lm_gr
                            "cell_pool": "concat"}, dict(PRESETS["toy"][1]))
 
 
+# each preset's reference curves: the log.csv of a documented run (data_samples/reference_curves/README.md);
+# `fromage-mini train --preset NAME` draws its total loss beside the new run's in curves.png
+REFERENCE_CURVES = {"toy": f"{SAMPLES}/reference_curves/toy.csv",
+                    "smollm2": f"{SAMPLES}/reference_curves/smollm2.csv",
+                    "smollm2-grid": f"{SAMPLES}/reference_curves/smollm2_grid.csv"}
+
+
 def resolve(preset: str, overrides: dict | None = None) -> tuple[FromageConfig, TrainConfig]:
     """Preset name + ``{field: value}`` overrides -> (FromageConfig, TrainConfig)."""
     from .errors import FromageError

@@ -30,9 +30,10 @@ def run(out: str | Path, steps: int = 60, seed: int = 0) -> dict:
     batch["features"] = torch.randn(len(captions), model.vis_dim)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.95))
     model.train()
+    first = None
     for step in range(steps + 1):
         o = model(**batch)
-        first = o.loss.item() if step == 0 else first
+        first = o.loss.item() if first is None else first
         if step % 20 == 0:
             print(f"step {step:3d}  loss {o.loss.item():.3f}  cap {o.cap_loss.item():.3f}  "
                   f"ret-lm {o.ret_lm_loss.item():.3f}  t2i {o.t2i_loss.item():.3f}  "
@@ -49,7 +50,8 @@ def run(out: str | Path, steps: int = 60, seed: int = 0) -> dict:
 
 
 def register(sub):
-    p = sub.add_parser("tour", help="a one-minute tour of the losses on tiny random backbones (make demo is train --preset toy)")
+    p = sub.add_parser("tour", help="a one-minute tour of the losses on tiny random backbones "
+                                    "(make demo is train --preset toy)")
     p.add_argument("--out", default="runs/tour")
     p.add_argument("--steps", type=int, default=60)
     p.set_defaults(func=lambda a: run(a.out, a.steps) and 0)

@@ -73,3 +73,41 @@ def test_training_reads_a_tsv_whose_images_live_in_another_folder(tiny_lm_path, 
     tcfg = tcfg.__class__(**{**tcfg.to_dict(), "image_root": str(images)})
     m = train(mcfg, tcfg, tmp_path / "b", log=quiet)
     assert m["steps"] == 2 and not m["skips"]["train"]
+
+
+def test_curves_draw_a_reference_run_beside_this_one(tmp_path):
+    """curves.png with a reference log.csv differs from the plain one; a missing reference is skipped."""
+    from fromage_mini.train.run_dir import RunDir
+
+    header = "step,loss,cap_loss,ret_lm_loss,t2i_loss,i2t_loss,t2i_R@1,i2t_R@1,lr,samples_per_s,mfu\n"
+    (tmp_path / "log.csv").write_text(header + "".join(f"{s},{5 - s / 100},1,1,1,1,0.5,0.5,1e-3,1,\n"
+                                                       for s in (25, 50, 75)))
+    ref = tmp_path / "ref.csv"
+    ref.write_text(header + "".join(f"{s},{4 - s / 50},1,1,1,1,0.5,0.5,1e-3,1,\n" for s in (25, 50, 75)))
+    run = RunDir(tmp_path)
+    plain = run.plot_curves().read_bytes()
+    assert run.plot_curves(reference=tmp_path / "missing.csv").read_bytes() == plain
+    assert run.plot_curves(reference=ref).read_bytes() != plain
+
+
+def test_every_reference_curve_is_shipped_with_its_steps():
+    """Each preset's reference log exists and covers at least 200 steps of training."""
+    import csv
+
+    from fromage_mini.paths import resolve
+    from fromage_mini.presets import PRESETS, REFERENCE_CURVES
+
+    for preset, name in REFERENCE_CURVES.items():
+        assert preset in PRESETS
+        rows = list(csv.DictReader(open(resolve(name))))
+        assert int(rows[-1]["step"]) >= 200 and all(float(r["loss"]) > 0 for r in rows), preset
+
+
+def test_cli_redraws_the_curves_with_the_presets_reference(tmp_path):
+    from fromage_mini.train.loop import _reference_curves
+
+    header = "step,loss,cap_loss,ret_lm_loss,t2i_loss,i2t_loss,t2i_R@1,i2t_R@1,lr,samples_per_s,mfu\n"
+    (tmp_path / "log.csv").write_text(header + "25,3,1,1,1,1,0.5,0.5,1e-3,1,\n50,2,1,1,1,1,0.5,0.5,1e-3,1,\n")
+    assert _reference_curves("toy", tmp_path) == "data_samples/reference_curves/toy.csv"
+    assert (tmp_path / "curves.png").is_file()
+    assert _reference_curves("opt-125m", tmp_path) is None  # no reference run for it

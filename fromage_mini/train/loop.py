@@ -367,13 +367,26 @@ def _cli(a) -> int:
         ensure_smollm2(mcfg.lm)
     m = train(mcfg, tcfg, a.out, resume=a.resume, overwrite=a.overwrite)
     out = Path(a.out)
+    ref = _reference_curves(a.preset, out)
     print(f"\nmetrics written to {out / 'metrics.json'}: t2i {_fmt(m['t2i'])}; "
           f"train {m['train_seconds']:.1f}s + caching {m['cache_seconds']:.1f}s\n"
           f"best checkpoint: {m['checkpoint']}\n"
-          f"curves: {out / 'curves.png'}")
+          f"curves: {out / 'curves.png'}" + (f" (dashed: the loss of the reference run, {ref})" if ref else ""))
     if (out / GALLERY).exists():  # gallery_for_run removed any older one
         print(f"gallery: {out / GALLERY}")
     for line in ending_lines(m, tcfg):  # stopped by max_seconds: said last, where it is read
         print(line)
     return 0
 
+
+def _reference_curves(preset: str, out: Path) -> str | None:
+    """Redraw OUT/curves.png with the preset's reference run beside it; the reference's name, or None."""
+    from ..paths import resolve as resolve_path
+    from ..presets import REFERENCE_CURVES
+
+    name = REFERENCE_CURVES.get(preset)
+    path = Path(resolve_path(name)) if name else None
+    if path is None or not path.is_file() or not (out / "log.csv").is_file():
+        return None
+    RunDir(out).plot_curves(reference=path, label=f"reference {preset} run")
+    return name

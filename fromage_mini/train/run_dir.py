@@ -136,11 +136,13 @@ class RunDir:
             if d not in keep:
                 shutil.rmtree(d, ignore_errors=True)
 
-    def plot_curves(self) -> Path:
+    def plot_curves(self, reference: Path | None = None, label: str = "reference run") -> Path:
         """Loss curves from log.csv and validation recall from the last checkpoint's history -> curves.png.
 
-        Drawn on a bare ``Figure`` (no pyplot), so calling it inside a notebook leaves the notebook's
-        own plotting backend alone.
+        ``reference``: another run's log.csv (a documented run of the same preset); its total loss is
+        drawn dashed beside this run's, so a run that trains differently shows at a glance (a missing
+        file is skipped). Drawn on a bare ``Figure`` (no pyplot), so calling it inside a notebook leaves
+        the notebook's own plotting backend alone.
         """
         from matplotlib.figure import Figure
 
@@ -152,6 +154,10 @@ class RunDir:
         steps = [int(r["step"]) for r in rows]
         for key in ("loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss"):
             a.plot(steps, [float(r[key]) for r in rows], label=key)
+        if reference is not None and Path(reference).is_file():
+            ref = list(csv.DictReader(open(reference)))
+            a.plot([int(r["step"]) for r in ref], [float(r["loss"]) for r in ref], ls="--", color="0.4",
+                   label=f"loss, {label}")
         a.set_xlabel("step"), a.set_ylabel("loss"), a.legend(fontsize=8), a.set_title("training losses")
         if hist:
             hs = [h["step"] for h in hist]
