@@ -35,7 +35,8 @@ def test_cli_train_writes_a_gallery_and_ends_with_its_path(tiny_lm_path, tiny_vi
     assert main(["train", "--preset", "toy", "--out", str(out), "--set", *sets]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-3].startswith("best checkpoint: ")
-    assert lines[-2:] == [f"curves: {out / 'curves.png'}", f"gallery: {out / 'gallery.png'}"]
+    assert lines[-2:] == [f"curves: {out / 'curves.png'} (dashed: the loss of the reference run, "
+                          "data_samples/reference_curves/toy.csv)", f"gallery: {out / 'gallery.png'}"]
     with Image.open(out / "gallery.png") as im:
         assert im.format == "PNG" and im.width == 1320 and 900 < im.height < 1600  # 12 in at 110 dpi
         assert len(np.unique(np.asarray(im.convert("L")))) > 20  # images and text, not a blank page
