@@ -45,7 +45,7 @@ def captions_part(m, recs, out):
 
 
 def retrieval_part(m, recs, out):
-    from fromage_mini.eval.benchmarks import recall_at_k_dataset
+    from fromage_mini.eval import recall_at_k_dataset
 
     out["retrieval"] = recall_at_k_dataset(m, [(r["caption"], ROOT / r["image"]) for r in recs], ks=(1, 5, 10))
 
@@ -84,7 +84,7 @@ def ret_turn_part(m, recs, out):
 
 
 def stories_part(m, out):
-    from fromage_mini.eval.benchmarks import contextual_retrieval, read_story_list
+    from fromage_mini.eval import contextual_retrieval, read_story_list
 
     stories, images = read_story_list(ROOT / "stories_val.json", image_root=ROOT)
     out["stories"] = {name: contextual_retrieval(m, stories, images, n_captions=c, n_images=i, ks=(1, 5, 10))

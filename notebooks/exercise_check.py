@@ -23,11 +23,10 @@ import json
 import re
 from pathlib import Path
 
+from .student_copy import BEGIN_RE, END_RE, WRONG_TAG as TAG  # the exercise-cell format has one owner
+
 HERE = Path(__file__).resolve().parent
-TAG = "wrong-answers"
 _TITLE = re.compile(r"^### Exercise (\d+) — ")
-_BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
-_END = re.compile(r"^\s*# END SOLUTION\s*$")
 
 
 def exercise_source(notebook: str | Path, n: int) -> str:
@@ -46,11 +45,11 @@ def exercise_source(notebook: str | Path, n: int) -> str:
 def with_answer(source: str, answer: str) -> str:
     """``source`` with its one solution block replaced by ``answer``, indented as the block was."""
     lines = source.split("\n")
-    begins = [i for i, line in enumerate(lines) if _BEGIN.match(line)]
-    ends = [i for i, line in enumerate(lines) if _END.match(line)]
+    begins = [i for i, line in enumerate(lines) if BEGIN_RE.match(line)]
+    ends = [i for i, line in enumerate(lines) if END_RE.match(line)]
     if len(begins) != 1 or len(ends) != 1 or begins[0] > ends[0]:
         raise ValueError("an exercise cell needs exactly one '# BEGIN SOLUTION' ... '# END SOLUTION' block")
-    indent = _BEGIN.match(lines[begins[0]]).group(1)
+    indent = BEGIN_RE.match(lines[begins[0]]).group(1)
     body = [indent + line if line.strip() else line for line in answer.strip("\n").split("\n")]
     return "\n".join(lines[:begins[0]] + body + lines[ends[0] + 1:])
 

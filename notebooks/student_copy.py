@@ -24,9 +24,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END, PLACEHOLDER = "# BEGIN SOLUTION", "# END SOLUTION", "# YOUR CODE HERE"
-WRONG_TAG = "wrong-answers"  # exercise_check.TAG
-_BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
-_END = re.compile(r"^\s*# END SOLUTION\s*$")
+WRONG_TAG = "wrong-answers"  # the tag of the cells that run an exercise's wrong answers (exercise_check.py)
+BEGIN_RE = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")  # group 1: the block's indent
+END_RE = re.compile(r"^\s*# END SOLUTION\s*$")
 CONFTEST = '"""Student copies of the notebooks: unfinished on purpose, so pytest does not collect them."""\n' \
            'collect_ignore_glob = ["*"]\n'
 
@@ -38,7 +38,7 @@ def strip_solutions(source: str) -> str:
     """
     out, indent = [], None  # indent is None outside a block
     for n, line in enumerate(source.split("\n"), 1):
-        begin, end = _BEGIN.match(line), _END.match(line)
+        begin, end = BEGIN_RE.match(line), END_RE.match(line)
         if begin:
             if indent is not None:
                 raise ValueError(f"line {n}: {BEGIN} inside another solution block")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fromage_mini.data import SkipLog
-from fromage_mini.eval import benchmarks as ev
+import fromage_mini.eval as ev
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COLOURS = ["red", "green", "blue", "yellow", "white"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fromage_mini.eval import benchmarks as ev
+import fromage_mini.eval as ev
 from fromage_mini.eval import visdial, vist
 
 FIXTURES = Path(__file__).parent / "fixtures"

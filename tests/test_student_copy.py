@@ -7,7 +7,6 @@ notebook has at least three exercises.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -21,9 +20,10 @@ PATHS = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
 EXERCISE = re.compile(r"^### Exercise (\d+) — \S")
 MIN_EXERCISES = 3
 
-_spec = importlib.util.spec_from_file_location("student_copy", NOTEBOOKS / "student_copy.py")
-student_copy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(student_copy)
+# the course's helpers are imported as the notebooks' kernels import them: notebooks/ as a namespace package
+if str(NOTEBOOKS.parent) not in sys.path:
+    sys.path.insert(0, str(NOTEBOOKS.parent))
+from notebooks import exercise_check, student_copy  # noqa: E402
 
 
 def _toy_notebook():
@@ -166,10 +166,6 @@ def test_every_notebook_has_three_exercises():
 
 
 # --- every exercise's self-check must refuse plausible wrong answers (notebooks/exercise_check.py) ---------
-
-_cspec = importlib.util.spec_from_file_location("exercise_check", NOTEBOOKS / "exercise_check.py")
-exercise_check = importlib.util.module_from_spec(_cspec)
-_cspec.loader.exec_module(exercise_check)
 
 
 def _wrong_answer_call(cell) -> tuple[str, int, list[str]] | None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fromage_mini.eval import benchmarks as ev
+import fromage_mini.eval as ev
 from fromage_mini.eval import visdial
 
 # The official test layout, shrunk: 3 dialogs stopping at rounds 3, 2 and 1; only each dialog's last

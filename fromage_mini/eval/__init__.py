@@ -22,3 +22,22 @@ Images can be given everywhere as PIL images, file paths, features or (3, H, W)
 pixels; features (of the model's ``feature_shape``: (D,) pooled, or (1 + g², D) with grid cells) are
 computed once per image (:func:`.images.compute_features`).
 """
+from .cli import register
+from .images import compute_features, find_images, readable_images, skip_counts, trivial_cutoffs, usable_images
+from .recall import read_pairs, recall_at_k_dataset
+from .visdial import (
+    VisDialDialog,
+    VisDialRound,
+    dialogue_text,
+    option_ranks,
+    read_visdial,
+    read_visdial_dense,
+    visdial_answer_ranking,
+    visdial_image_retrieval,
+)
+from .vist import Story, contextual_retrieval, read_story_list, read_vist, story_prompt
+
+__all__ = ["Story", "VisDialDialog", "VisDialRound", "compute_features", "contextual_retrieval", "dialogue_text",
+           "find_images", "option_ranks", "read_pairs", "read_story_list", "read_visdial", "read_visdial_dense",
+           "read_vist", "readable_images", "recall_at_k_dataset", "register", "skip_counts", "story_prompt",
+           "trivial_cutoffs", "usable_images", "visdial_answer_ranking", "visdial_image_retrieval"]
