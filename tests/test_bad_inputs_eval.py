@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fromage_mini.data import SkipLog
 import fromage_mini.eval as ev
+from fromage_mini.data import SkipLog
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COLOURS = ["red", "green", "blue", "yellow", "white"]

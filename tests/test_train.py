@@ -76,9 +76,8 @@ def test_train_writes_metrics_plot_and_checkpoints(tiny_lm_path, tiny_vision_pat
     assert m2["cache_seconds"] < saved["cache_seconds"] + 5
 
 
-@pytest.mark.parametrize("kill_after", [4, 10])
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path,
-                                                      kill_after):
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path):
+    """A run killed twice (SIGKILL after step 4, then its resumed run after step 10) ends as an uninterrupted one."""
     mcfg, tcfg = settings(tiny_lm_path, tiny_vision_path, tiny_data, tmp_path, max_steps=16, val_every=8)
     sets = [f"lm={mcfg.lm}", f"vision={mcfg.vision}", "ret_dim=16", "concat_prob=0.5", "n_visual_tokens=1",
             "image_layout=before_bos", "ret_init_text=None", "max_len=24", "center_heads=False", "max_seconds=None"]
@@ -91,24 +90,28 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_lm_path, tiny_vision
         return [sys.executable, "-m", "fromage_mini.cli", "train", "--preset", "toy", "--out", str(out),
                 *extra, "--set", *sets]
 
+    def kill_once_past(step, *extra):
+        """Start a run, SIGKILL it (no chance to clean up) once its last checkpoint is past ``step``."""
+        p = subprocess.Popen(cmd(out, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            last = out / "last.json"
+            if last.exists() and json.loads(last.read_text())["checkpoint"] >= f"checkpoints/step_{step:06d}":
+                break
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        # every file on disk is a complete version: the pointed-to checkpoint loads
+        ckpt = out / json.loads((out / "last.json").read_text())["checkpoint"]
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        assert step <= state["step"] < 16
+        assert not (out / "metrics.json").exists()
+
     full = subprocess.run(cmd(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]
-    # kill a second run (SIGKILL, no chance to clean up) once it has written a few checkpoints
     out = tmp_path / "killed"
-    p = subprocess.Popen(cmd(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        last = out / "last.json"
-        if last.exists() and json.loads(last.read_text())["checkpoint"] >= f"checkpoints/step_{kill_after:06d}":
-            break
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    # every file on disk is a complete version: the pointed-to checkpoint loads
-    ckpt = out / json.loads((out / "last.json").read_text())["checkpoint"]
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    assert kill_after <= state["step"] < 16
-    assert not (out / "metrics.json").exists()
+    kill_once_past(4)
+    kill_once_past(10, "--resume")  # a resumed run killed in turn
     resumed = subprocess.run(cmd(out, "--resume"), env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
