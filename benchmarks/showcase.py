@@ -55,7 +55,7 @@ def qa_part(m, dialogues, out, chat: bool, ret_scale: float = 1.0):
 
     load = lambda rec: Image.open(ROOT / rec["image"])  # noqa: E731
     key = "chat" if chat else "qa"
-    out[key] = {}
+    out[key] = {"dialogues": len(dialogues)}
     for ctx in ("image", "caption", "none"):
         if chat:
             acc, ex = chat_answers(m, dialogues, load, ctx, examples=6, ret_scale_factor=ret_scale)
@@ -110,8 +110,8 @@ def main(argv=None):
     old = RESULTS / f"{a.name}.json"
     out = json.loads(old.read_text()) if a.update and old.exists() else {}
     out.pop("machine", None)
-    out.update({"model": a.model, "pairs": len(recs), "qa_dialogues": len(dialogues),
-                "chat_ret_scale": a.chat_ret_scale})
+    out.pop("qa_dialogues", None)  # each qa/chat part records its own dialogue count (--update mixes runs)
+    out.update({"model": a.model, "pairs": len(recs), "chat_ret_scale": a.chat_ret_scale})
     t0 = time.perf_counter()
     with torch.inference_mode():
         for part in PARTS:

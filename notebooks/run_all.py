@@ -3,6 +3,7 @@
     python notebooks/run_all.py                      # every notebooks/[0-9]*.ipynb, in order
     python notebooks/run_all.py 02_ret_mechanism     # some of them (name, stem or path)
     python notebooks/run_all.py --timeout 300        # per-cell limit in seconds (default 600)
+    python notebooks/run_all.py --twice              # each top to bottom twice in one kernel, nothing stored
 
 Each notebook runs in a fresh kernel of *this* Python (the one running the script, as
 ``pytest --nbval-current-env`` does), with the notebook's folder as working directory, exactly
@@ -57,18 +58,28 @@ def find(names: list[str]) -> list[Path]:
     return out
 
 
-def run(path: Path, timeout: int) -> float:
-    """Execute one notebook in place; returns its wall time in seconds."""
+def run(path: Path, timeout: int, twice: bool = False) -> float:
+    """Execute one notebook in place; returns its wall time in seconds.
+
+    ``twice``: run every cell, then every cell again, in the same kernel (as a student who reruns a
+    notebook does) and store nothing: checks that no cell depends on running only once.
+    """
+    import copy
+
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    if twice:
+        nb.cells = nb.cells + copy.deepcopy(nb.cells)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, allow_errors=False, record_timing=False,
                             store_widget_state=False, resources={"metadata": {"path": str(path.parent)}})
     t0 = time.perf_counter()
     client.execute(stderr=subprocess.DEVNULL)  # the kernel's own log lines (TCP notice ...)
     seconds = time.perf_counter() - t0
+    if twice:
+        return seconds
     clean(nb)
     nbformat.write(nb, path)
     return seconds
@@ -102,6 +113,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="*", help="notebooks to run (default: all numbered ones)")
     ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--twice", action="store_true",
+                    help="run each notebook top to bottom twice in one kernel; store nothing (a re-run check)")
     a = ap.parse_args(argv)
     for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                  "TOKENIZERS_PARALLELISM": "false", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}.items():
@@ -109,7 +122,7 @@ def main(argv=None) -> int:
     failed, total = [], 0.0
     for path in find(a.notebooks):
         try:
-            s = run(path, a.timeout)
+            s = run(path, a.timeout, a.twice)
         except Exception as e:  # a cell raised or timed out: report, keep going, leave the file as it was
             failed.append(path.name)
             first = str(e).strip().splitlines()

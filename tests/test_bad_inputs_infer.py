@@ -86,23 +86,43 @@ def test_max_len_beyond_the_lm_is_refused_when_the_model_is_made(make_model):
         make_model("opt", max_len=300)
 
 
-def run_chat(lines, *extra):
-    return subprocess.run([sys.executable, "-m", "fromage_mini.cli", "chat", "--model", TOY, *extra],
-                          input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def chat_session(tmp_path_factory):
+    """One ``fromage-mini chat`` session, fed bad input after bad input; its stdout lines (one process
+    for the three tests below: the CLI's start-up is most of their time)."""
+    bomb = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (15000, 15000)).save(bomb)  # 225M pixels, over Pillow's bomb limit
+    lines = [b"caf\xe9 au lait?", b"what is it?",  # not UTF-8, then a question
+             b"/help", b"/image no/such/file.png", b"what is it?",  # a path that is not there
+             f"/image {bomb}".encode(), b"what is it?", b"/quit"]  # a decompression bomb
+    r = subprocess.run([sys.executable, "-m", "fromage_mini.cli", "chat", "--model", TOY],
+                       input=b"\n".join(lines) + b"\n", capture_output=True, timeout=180)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()
+    return r.stdout.decode().splitlines()
 
 
-def test_chat_keeps_the_session_after_a_bad_image_path_and_has_help():
-    r = run_chat(["/help", "/image no/such/file.png", "what is it?", "/quit"])
-    assert r.returncode == 0, r.stderr
-    assert "/image PATH" in r.stdout and "error: no/such/file.png: cannot read image" in r.stdout
-    assert r.stdout.count("A:") == 1  # the question after the bad path was still answered
+def answered_after(out, marker):
+    """The first line containing ``marker`` is followed, later on, by an answer line ("A: ...")."""
+    i = next(i for i, line in enumerate(out) if marker in line)
+    return any(line.startswith("A:") for line in out[i + 1:])
 
 
-def test_chat_survives_a_decompression_bomb(tmp_path):
-    big = tmp_path / "bomb.png"
-    Image.new("1", (15000, 15000)).save(big)  # 225M pixels, over Pillow's bomb limit
-    r = run_chat([f"/image {big}", "what is it?"])
-    assert r.returncode == 0 and "cannot read image" in r.stdout and "A:" in r.stdout, r.stdout + r.stderr
+def test_chat_input_that_is_not_utf8_is_one_line_and_the_session_goes_on(chat_session):
+    out = chat_session
+    assert out[0] == "error: that line is not UTF-8 text (a file in another encoding?); type it again"
+    assert out[1].startswith("A:")
+
+
+def test_chat_keeps_the_session_after_a_bad_image_path_and_has_help(chat_session):
+    out = chat_session
+    assert any("/image PATH" in line for line in out)
+    assert answered_after(out, "error: no/such/file.png: cannot read image")  # the next question is answered
+
+
+def test_chat_survives_a_decompression_bomb(chat_session):
+    out = chat_session
+    assert answered_after(out, "bomb.png: cannot read image"), out
+    assert sum(line.startswith("A:") for line in out) == 3  # every question answered, nothing else
 
 
 def test_a_question_ending_in_ret_is_answered_with_an_image(toy):
@@ -123,15 +143,6 @@ def test_a_long_question_after_an_image_keeps_the_image_and_its_answer(toy):
     result = chat.ask("and " + "is it big " * 75 + "?")  # fits alone, but not after the first turn
     assert chat.notes and chat.history[0] is img  # the image moved into the question that remains
     assert chat.history[-1] == result.text + "\n"  # and the answer joined the history
-
-
-def test_chat_input_that_is_not_utf8_is_one_line_and_the_session_goes_on():
-    r = subprocess.run([sys.executable, "-m", "fromage_mini.cli", "chat", "--model", TOY],
-                       input=b"caf\xe9 au lait?\nwhat is it?\n", capture_output=True, timeout=120)
-    out = r.stdout.decode().splitlines()
-    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()
-    assert out[0] == "error: that line is not UTF-8 text (a file in another encoding?); type it again"
-    assert out[1].startswith("A:") and len([ln for ln in out if ln.startswith("A:")]) == 1
 
 
 def test_an_image_path_given_as_text_is_refused_and_a_path_object_is_an_image(toy, tmp_path):

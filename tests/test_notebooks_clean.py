@@ -188,3 +188,26 @@ def test_run_all_strips_widget_state_and_timings():
     assert "execution" not in nb.cells[0].metadata and nb.cells[0].metadata["tags"] == ["nbval-ignore-output"]
     assert dict(nb.cells[0].outputs[0].metadata) == {"isolated": True}
     assert dict(nb.cells[0].outputs[0].data) == {"text/plain": "x"}  # the view goes, the text stays
+
+
+def test_run_all_twice_catches_a_notebook_that_runs_only_once(tmp_path):
+    """``run_all.py --twice`` runs every cell twice in one kernel and stores nothing."""
+    sys.path.insert(0, str(NOTEBOOKS))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(NOTEBOOKS))
+    nbformat = pytest.importorskip("nbformat")
+    once = tmp_path / "once.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os\nos.mkdir('made_once')  # fails when run again")]
+    nbformat.write(nb, once)
+    before = once.read_text()
+    with pytest.raises(Exception, match="FileExistsError"):
+        run_all.run(once, timeout=60, twice=True)
+    assert once.read_text() == before
+    (tmp_path / "made_once").rmdir()
+    nb.cells = [nbformat.v4.new_code_cell("import os\nos.makedirs('made', exist_ok=True)\nprint('ok')")]
+    nbformat.write(nb, once)
+    assert run_all.run(once, timeout=60, twice=True) > 0
+    assert nbformat.read(once, as_version=4).cells[0].outputs == []  # nothing stored

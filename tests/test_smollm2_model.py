@@ -37,10 +37,10 @@ def test_shipped_smollm2_model_captions_and_retrieves(smollm2, name):
     torch.manual_seed(0)
     model = Fromage.from_pretrained(DATA_SAMPLES / name).eval()
     assert model.lm.config.model_type == "llama" and model.lm.config.num_hidden_layers == 30
-    rows = val_rows(30)
-    preds = caption(model, [Image.open(ROOT / p) for _, p in rows[:6]])
+    rows = val_rows(20)
+    preds = caption(model, [Image.open(ROOT / p) for _, p in rows[:4]])
     assert all(parse_caption(p) for p in preds), preds  # ShapesWorld captions, not free text
-    s = score_captions(preds, [p for _, p in rows[:6]], [c for c, _ in rows[:6]])
+    s = score_captions(preds, [p for _, p in rows[:4]], [c for c, _ in rows[:4]])
     assert s["count_acc"] >= 0.5, (s, preds)  # measured 0.8 on 500; a wrong prefix gives ~0.3
     r = recall_at_k_dataset(model, [(c, ROOT / p) for c, p in rows], ks=(1, 5))
-    assert r["t2i_R@5"] >= 0.6, r  # 30 candidates: chance 0.17
+    assert r["t2i_R@5"] >= 0.6, r  # 20 candidates: chance 0.25
