@@ -78,14 +78,3 @@ def make_model(tiny_lm_path, tiny_vision_path):
     return build
 
 
-
-# The suite's longest files, run first: on several cores (make test: pytest-xdist) the short files then fill
-# the cores at the end instead of one long file running alone.
-LONGEST_FIRST = ("tests/test_browser.py", "tests/test_smollm2_model.py", "notebooks/")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        return next((i for i, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)), len(LONGEST_FIRST))
-
-    items.sort(key=rank)  # stable: the order within a file (a notebook's cells) is kept
