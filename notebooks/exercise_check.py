@@ -20,13 +20,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 from pathlib import Path
 
-from .student_copy import BEGIN_RE, END_RE, WRONG_TAG as TAG  # the exercise-cell format has one owner
+from .student_copy import BEGIN_RE, END_RE, EXERCISE_RE, WRONG_TAG as TAG  # the format has one owner
 
 HERE = Path(__file__).resolve().parent
-_TITLE = re.compile(r"^### Exercise (\d+) — ")
 
 
 def exercise_source(notebook: str | Path, n: int) -> str:
@@ -36,7 +34,7 @@ def exercise_source(notebook: str | Path, n: int) -> str:
         path = HERE / f"{notebook}.ipynb"
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     for i, cell in enumerate(cells[:-1]):
-        m = _TITLE.match("".join(cell["source"])) if cell["cell_type"] == "markdown" else None
+        m = EXERCISE_RE.match("".join(cell["source"])) if cell["cell_type"] == "markdown" else None
         if m and int(m.group(1)) == n:
             return "".join(cells[i + 1]["source"])
     raise ValueError(f"{path.name} has no '### Exercise {n} — …' cell")

@@ -27,6 +27,7 @@ BEGIN, END, PLACEHOLDER = "# BEGIN SOLUTION", "# END SOLUTION", "# YOUR CODE HER
 WRONG_TAG = "wrong-answers"  # the tag of the cells that run an exercise's wrong answers (exercise_check.py)
 BEGIN_RE = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")  # group 1: the block's indent
 END_RE = re.compile(r"^\s*# END SOLUTION\s*$")
+EXERCISE_RE = re.compile(r"^### Exercise (\d+) — (.*)")  # an exercise's markdown cell: number, title
 CONFTEST = '"""Student copies of the notebooks: unfinished on purpose, so pytest does not collect them."""\n' \
            'collect_ignore_glob = ["*"]\n'
 

@@ -76,5 +76,3 @@ def make_model(tiny_lm_path, tiny_vision_path):
         return Fromage(FromageConfig(lm=tiny_lm_path(lm), vision=tiny_vision_path(vision), **cfg))
 
     return build
-
-
