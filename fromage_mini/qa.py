@@ -79,11 +79,15 @@ def rank_options(model, dialogues: list[dict], load_image, context: str = "image
     """
     from tqdm.auto import tqdm
 
+    from .infer.prompt import to_features
     from .infer.scoring import log_likelihood
 
     rows = []
     for rec in tqdm(dialogues, desc=f"QA ({context})", disable=not progress):
-        image = load_image(rec) if context == "image" else None
+        image = None
+        if context == "image":  # encoded once, for all of the record's questions
+            with torch.no_grad():
+                image = to_features(model, [load_image(rec)])[0]
         ctx = context_items(context, image, rec["caption"])
         for t in rec["turns"]:
             scores = log_likelihood(model, ctx + [question_text(t["question"])],

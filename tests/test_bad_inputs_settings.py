@@ -1,14 +1,19 @@
-"""Settings a newcomer gets wrong on the command line: one line on stderr, exit code 2, nothing written."""
+"""Settings a newcomer gets wrong on the command line: one line on stderr, exit code 2, nothing written.
+
+Run in this process (:func:`cli_runner.run_cli`), but for one test through the real ``python -m
+fromage_mini.cli`` entry point (``train`` has its own end-to-end subprocess test in test_train.py).
+"""
 import subprocess
 import sys
 
 import pytest
+from cli_runner import run_cli as cli
 
 TOY = "data_samples/toy_fromage"
 PAIRS = "data_samples/shapesworld/val.tsv"
 
 
-def cli(*args, timeout=120):
+def cli_process(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "fromage_mini.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -44,7 +49,9 @@ def test_bad_eval_option_is_one_line(args, says):
 
 
 def test_eval_device_that_is_not_here():
-    one_line_error(cli("eval", "--model", TOY, "--device", "cuda:3", "recall", "--pairs", PAIRS), "no such CUDA GPU")
+    """Through a fresh ``python -m fromage_mini.cli`` process: the real entry point's one line and exit code."""
+    r = cli_process("eval", "--model", TOY, "--device", "cuda:3", "recall", "--pairs", PAIRS)
+    one_line_error(r, "no such CUDA GPU")
 
 
 def test_model_option_accepts_a_training_run_folder(tmp_path):

@@ -1,9 +1,7 @@
 """fromage-mini index build/search over a folder of images, and refusal of an index from another model."""
-import subprocess
-import sys
-
 import pytest
 import torch
+from cli_runner import run_cli
 
 from fromage_mini import FromageError
 from fromage_mini.retrieval.build import build_index, load_for, model_fingerprint
@@ -44,11 +42,9 @@ def test_index_cli_round_trip(make_model, tmp_path):
         Image.new("RGB", (40, 40), c).save(folder / f"{c}.png")
     m = make_model("opt")
     m.save_pretrained(tmp_path / "ckpt")
-    run = [sys.executable, "-m", "fromage_mini.cli", "index"]
-    b = subprocess.run(run + ["build", "--model", str(tmp_path / "ckpt"), "--data", str(folder),
-                              "--out", str(tmp_path / "idx")], capture_output=True, text=True, timeout=120)
+    b = run_cli("index", "build", "--model", tmp_path / "ckpt", "--data", folder, "--out", tmp_path / "idx")
     assert b.returncode == 0, b.stderr[-1500:]
-    s = subprocess.run(run + ["search", "--model", str(tmp_path / "ckpt"), "--index", str(tmp_path / "idx"),
-                              "-k", "2", "a red circle."], capture_output=True, text=True, timeout=120)
+    s = run_cli("index", "search", "--model", tmp_path / "ckpt", "--index", tmp_path / "idx", "-k", "2",
+                "a red circle.")
     assert s.returncode == 0, s.stderr[-1500:]
     assert len([ln for ln in s.stdout.splitlines() if ln.strip().endswith(".png")]) == 2

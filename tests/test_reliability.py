@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +33,11 @@ def test_no_unsafe_loading_in_the_package():
     assert not bad, "unsafe loads:\n" + "\n".join(bad)
 
 
-def run_cli(*args, timeout=120):
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def run_cli_process(*args, timeout=120):
+    """A fresh ``python -m fromage_mini.cli`` with a bare environment, as a user's shell might have."""
     return subprocess.run([sys.executable, "-m", "fromage_mini.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                                                 "PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
@@ -46,7 +51,15 @@ def run_cli(*args, timeout=120):
     (["chat", "--model", "/no/such/checkpoint"], "/no/such/checkpoint"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, needle):
-    r = run_cli(*args)
+    assert_one_line_error(run_cli(*args, env=OFFLINE), needle)
+
+
+def test_cli_user_error_in_a_fresh_process_is_one_line_without_traceback():
+    """The same through the real entry point in a bare environment: no import-time or loading noise either."""
+    assert_one_line_error(run_cli_process("train", "--out", "/tmp/x", "--set", "lm=/no/such/model"), "/no/such/model")
+
+
+def assert_one_line_error(r, needle):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -54,7 +67,7 @@ def test_cli_user_errors_are_one_line_without_traceback(args, needle):
 
 
 def test_cli_debug_flag_shows_the_traceback():
-    r = run_cli("--debug", "train", "--preset", "nope", "--out", "/tmp/x")
+    r = run_cli("--debug", "train", "--preset", "nope", "--out", "/tmp/x", env=OFFLINE)
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
@@ -63,7 +76,7 @@ def test_mismatched_checkpoint_through_the_cli(make_model, tiny_lm_path, tmp_pat
     m.save_pretrained(tmp_path / "ckpt")
     cfg = (tmp_path / "ckpt/fromage_config.json")
     cfg.write_text(cfg.read_text().replace(m.config.lm, tiny_lm_path("opt", d=48)))
-    r = run_cli("chat", "--model", str(tmp_path / "ckpt"))
+    r = run_cli("chat", "--model", str(tmp_path / "ckpt"), env=OFFLINE)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "d_lm=48" in r.stderr and "adapters.safetensors" in r.stderr
 
