@@ -23,7 +23,9 @@ import torch  # noqa: E402
 
 from fromage_mini.toyworld.tiny import make_tiny_lm, make_tiny_vision, make_tokenizer  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one torch thread in each pytest-xdist worker (`make test` starts one worker per core: more threads than
+# cores make OpenMP's waiting threads spin against each other); up to two in a single process
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
