@@ -24,6 +24,7 @@ DERIVED = {  # (notebook, number): how the prose gets it from what a cell prints
     ("02_ret_mechanism", "0.125"): "chance for 1st of 8: 1/8, as the sentence says",
     ("04b_binding", "0.93"): "the toy LM's parameter count in millions (notebook 00 prints 926,592)",
     ("04b_binding", "0.022"): "sqrt(0.25 / 500), written out in the sentence",
+    ("04b_binding", "0.25"): "p(1 - p) at its largest, p = 0.5, in the same sentence's formula",
     ("07_fromage_works", "0.93"): "the toy LM's parameter count in millions (notebook 00 prints 926,592)",
 }
 
