@@ -17,6 +17,7 @@ from fromage_mini.infer.generate import TensorIndex, caption
 from fromage_mini.train import gallery as gallery_module
 from fromage_mini.train.gallery import gallery_for_run, spread, write_gallery
 from fromage_mini.train.loop import train
+from fromage_mini.train.run_dir import RunDir
 from fromage_mini.train.validate import retrieval_vectors
 
 
@@ -37,6 +38,8 @@ def test_cli_train_writes_a_gallery_and_ends_with_its_path(tiny_lm_path, tiny_vi
     assert lines[-3].startswith("best checkpoint: ")
     assert lines[-2:] == [f"curves: {out / 'curves.png'} (dashed: the loss of the reference run, "
                           "data_samples/reference_curves/toy.csv)", f"gallery: {out / 'gallery.png'}"]
+    drawn = (out / "curves.png").read_bytes()  # drawn once, by train(), with the reference run in it
+    assert RunDir(out).plot_curves().read_bytes() != drawn  # the same curves without the reference differ
     with Image.open(out / "gallery.png") as im:
         assert im.format == "PNG" and im.width == 1320 and 900 < im.height < 1600  # 12 in at 110 dpi
         assert len(np.unique(np.asarray(im.convert("L")))) > 20  # images and text, not a blank page

@@ -35,6 +35,7 @@ from ..data.cache import FeatureCache, cached_split
 from ..errors import FromageError
 from ..files import write_json
 from ..model.backbones import pick_device
+from ..paths import resolve as resolve_path
 from .gallery import GALLERY, gallery_for_run
 from .guards import NonFiniteWatch, ending, ending_lines, warn_suspicious
 from .run_dir import RunDir, load_checkpoint
@@ -96,18 +97,19 @@ def _batch(cache: FeatureCache, idx: list, model, device, state: dict):
 
 
 def train(model_cfg: FromageConfig, cfg: TrainConfig, out, resume: bool = False, log=print,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, reference: tuple[Path, str] | None = None) -> dict:
     """Train the adapters; returns the final metrics (also written to ``out/metrics.json``).
 
     ``out`` must be new or empty unless ``resume`` (continue from ``out/last.json``) or
-    ``overwrite`` (delete the run that is there). The phases below, in order: set up, cache the
-    features, start (or resume) the optimizer, run the steps, write the outputs.
+    ``overwrite`` (delete the run that is there). ``reference``: (another run's log.csv, its label),
+    drawn dashed in ``curves.png``. The phases below, in order: set up, cache the features, start (or
+    resume) the optimizer, run the steps, write the outputs.
     """
     r = _setup(model_cfg, cfg, out, resume, overwrite, log)
     _open_caches(r, cfg, log)
     _start_state(r, cfg, resume, log)
     _run_steps(r, model_cfg, cfg, log)
-    return _outputs(r, cfg, log)
+    return _outputs(r, cfg, log, reference)
 
 
 @dataclass
@@ -307,7 +309,7 @@ def _validate_and_save(r: _Training, cfg: TrainConfig, done: bool, log) -> None:
 
 
 # ---- outputs: metrics.json, curves.png, gallery.png (rank 0 holds the validation results) -------
-def _outputs(r: _Training, cfg: TrainConfig, log) -> dict:
+def _outputs(r: _Training, cfg: TrainConfig, log, reference: tuple[Path, str] | None = None) -> dict:
     from . import distributed as dist
 
     state, run = r.state, r.run
@@ -328,7 +330,7 @@ def _outputs(r: _Training, cfg: TrainConfig, log) -> dict:
     if "captions" in best:
         metrics["captions"] = best["captions"]
     write_json(run.path / "metrics.json", metrics)
-    run.plot_curves()
+    run.plot_curves(*(reference or ()))
     gallery_for_run(r.model, run.path, r.val_cache, cfg, log,
                     title=f"{run.path.name}: best checkpoint (step {best['step']}), "
                           f"val t2i R@1 {best['t2i']['R@1']:.3f}")  # never raises: a failure is one log line
@@ -365,9 +367,10 @@ def _cli(a) -> int:
     mcfg, tcfg = resolve(a.preset, parse_overrides(a.set))
     if mcfg.lm == SMOLLM2_DIR:  # the smollm2 preset: build its LM folder from the PyPI wheel once
         ensure_smollm2(mcfg.lm)
-    m = train(mcfg, tcfg, a.out, resume=a.resume, overwrite=a.overwrite)
+    ref = _reference_curves(a.preset)
+    m = train(mcfg, tcfg, a.out, resume=a.resume, overwrite=a.overwrite,
+              reference=(resolve_path(ref), f"reference {a.preset} run") if ref else None)
     out = Path(a.out)
-    ref = _reference_curves(a.preset, out)
     print(f"\nmetrics written to {out / 'metrics.json'}: t2i {_fmt(m['t2i'])}; "
           f"train {m['train_seconds']:.1f}s + caching {m['cache_seconds']:.1f}s\n"
           f"best checkpoint: {m['checkpoint']}\n"
@@ -379,14 +382,9 @@ def _cli(a) -> int:
     return 0
 
 
-def _reference_curves(preset: str, out: Path) -> str | None:
-    """Redraw OUT/curves.png with the preset's reference run beside it; the reference's name, or None."""
-    from ..paths import resolve as resolve_path
+def _reference_curves(preset: str) -> str | None:
+    """The name of the preset's documented reference run (its log.csv), or None if it has none here."""
     from ..presets import REFERENCE_CURVES
 
     name = REFERENCE_CURVES.get(preset)
-    path = Path(resolve_path(name)) if name else None
-    if path is None or not path.is_file() or not (out / "log.csv").is_file():
-        return None
-    RunDir(out).plot_curves(reference=path, label=f"reference {preset} run")
-    return name
+    return name if name and Path(resolve_path(name)).is_file() else None
