@@ -369,7 +369,7 @@ def _cli(a) -> int:
         ensure_smollm2(mcfg.lm)
     ref = _reference_curves(a.preset)
     m = train(mcfg, tcfg, a.out, resume=a.resume, overwrite=a.overwrite,
-              reference=(resolve_path(ref), f"reference {a.preset} run") if ref else None)
+              reference=(Path(resolve_path(ref)), f"reference {a.preset} run") if ref else None)
     out = Path(a.out)
     print(f"\nmetrics written to {out / 'metrics.json'}: t2i {_fmt(m['t2i'])}; "
           f"train {m['train_seconds']:.1f}s + caching {m['cache_seconds']:.1f}s\n"
