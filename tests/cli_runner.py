@@ -130,3 +130,10 @@ def run_cli(*args, env: dict[str, str | None] | None = None, input: str | None =
         random.setstate(saved_random)
         np.random.set_state(saved_np)
     return subprocess.CompletedProcess(["fromage-mini", *args], int(returncode or 0), out.getvalue(), err.getvalue())
+
+
+def run_cli_process(*args, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    """The same call through a fresh ``python -m fromage_mini.cli`` process (the real entry point, with its
+    imports); ``env`` replaces the whole environment when given."""
+    return subprocess.run([sys.executable, "-m", "fromage_mini.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)

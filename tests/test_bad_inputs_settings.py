@@ -3,19 +3,12 @@
 Run in this process (:func:`cli_runner.run_cli`), but for one test through the real ``python -m
 fromage_mini.cli`` entry point (``train`` has its own end-to-end subprocess test in test_train.py).
 """
-import subprocess
-import sys
-
 import pytest
 from cli_runner import run_cli as cli
+from cli_runner import run_cli_process as cli_process
 
 TOY = "data_samples/toy_fromage"
 PAIRS = "data_samples/shapesworld/val.tsv"
-
-
-def cli_process(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "fromage_mini.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def one_line_error(r, pattern):

@@ -1,14 +1,12 @@
 """Reliability and security: no unsafe loads, one-line CLI errors, bounded URL fetching, label invariants."""
 import http.server
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,11 +34,7 @@ def test_no_unsafe_loading_in_the_package():
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def run_cli_process(*args, timeout=120):
-    """A fresh ``python -m fromage_mini.cli`` with a bare environment, as a user's shell might have."""
-    return subprocess.run([sys.executable, "-m", "fromage_mini.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                                "PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
+BARE_ENV = {**OFFLINE, "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}  # as a user's shell might have
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -56,7 +50,8 @@ def test_cli_user_errors_are_one_line_without_traceback(args, needle):
 
 def test_cli_user_error_in_a_fresh_process_is_one_line_without_traceback():
     """The same through the real entry point in a bare environment: no import-time or loading noise either."""
-    assert_one_line_error(run_cli_process("train", "--out", "/tmp/x", "--set", "lm=/no/such/model"), "/no/such/model")
+    r = run_cli_process("train", "--out", "/tmp/x", "--set", "lm=/no/such/model", env=BARE_ENV)
+    assert_one_line_error(r, "/no/such/model")
 
 
 def assert_one_line_error(r, needle):
