@@ -28,7 +28,7 @@ ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PYTEST  := -m pytest -q -n auto --dist loadfile --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 	notebooks tests
 
-.PHONY: venv demo test test-latest lock notebooks lint bench clean
+.PHONY: venv demo test test-latest lock notebooks seed-runs lint bench clean
 
 LOCK    := requirements/course.lock
 
@@ -62,6 +62,10 @@ test: $(STAMP)
 # re-execute every notebook in place (stores fresh outputs), printing each one's wall time
 notebooks: $(STAMP)
 	$(PINNED) $(BIN)/python notebooks/run_all.py
+
+# the seeds the notebooks read instead of training them (notebooks/README.md, "Seeds"); run before `make notebooks`
+seed-runs: $(STAMP)
+	$(PINNED) $(BIN)/python notebooks/seed_runs.py
 
 # The suite against the newest releases pyproject.toml allows (a second venv, no lock), so a coming
 # break shows up here before students meet it. torch is held at TORCH (default: the course's CPU

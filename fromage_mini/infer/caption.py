@@ -12,7 +12,7 @@ from .prompt import to_features
 
 
 @inference
-def caption(model, images_or_features, max_new_tokens: int = 32, batch_size: int = 32) -> list[str]:
+def caption(model, images_or_features, max_new_tokens: int = 32, batch_size: int = 64) -> list[str]:
     """Greedy captions for a batch of images (PIL / features / (3, H, W) pixels, or one tensor).
 
     Each row is ``[img, </s>]`` (``after_bos``: ``[</s>, img]``), all the same length, so rows
