@@ -12,6 +12,12 @@ export TRANSFORMERS_OFFLINE = 1
 export HF_DATASETS_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export NO_ALBUMENTATIONS_UPDATE = 1
+# The venv is installed --no-compile (below): each module is compiled when first imported, and Python keeps
+# the result in __pycache__ for the next process. Some environments turn that keeping off
+# (PYTHONDONTWRITEBYTECODE=1); then every process, each notebook kernel and each xdist worker included,
+# compiles torch's and transformers' modules again: `import transformers` plus OPT's model code took 24 s
+# instead of 8 s here. So the commands below run without it.
+unexport PYTHONDONTWRITEBYTECODE
 
 # The notebooks' stored outputs include models trained for a few hundred steps on the CPU; such runs
 # amplify last-bit differences between CPU kernels. The cells that print such numbers are checked by
