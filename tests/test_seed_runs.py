@@ -1,4 +1,4 @@
-"""notebooks/seed_runs.py: the marked cells' functions, run for seeds 0-2, and the stored file that the notebooks read."""
+"""notebooks/seed_runs.py: marked cells run for seeds 0-2, and the stored file that the notebooks read."""
 from __future__ import annotations
 
 import ast
