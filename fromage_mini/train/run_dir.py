@@ -81,7 +81,7 @@ class RunDir:
         f = self.path / "log.csv"
         rows = []
         if f.exists() and step > 0:
-            rows = [r for r in csv.DictReader(open(f, newline="")) if r.get("step", "").isdigit()
+            rows = [r for r in _read_csv(f) if r.get("step", "").isdigit()
                     and int(r["step"]) <= step]
         with open(f, "w", newline="") as fh:
             w = csv.DictWriter(fh, LOG_FIELDS)
@@ -146,7 +146,7 @@ class RunDir:
         """
         from matplotlib.figure import Figure
 
-        rows = list(csv.DictReader(open(self.path / "log.csv")))
+        rows = _read_csv(self.path / "log.csv")
         last = self.pointer("last")
         hist = read_json(last / "trainer_state.json")["history"] if last else []
         fig = Figure(figsize=(10, 3.6))
@@ -155,7 +155,7 @@ class RunDir:
         for key in ("loss", "cap_loss", "ret_lm_loss", "t2i_loss", "i2t_loss"):
             a.plot(steps, [float(r[key]) for r in rows], label=key)
         if reference is not None and Path(reference).is_file():
-            ref = list(csv.DictReader(open(reference)))
+            ref = _read_csv(reference)
             a.plot([int(r["step"]) for r in ref], [float(r["loss"]) for r in ref], ls="--", color="0.4",
                    label=f"loss, {label}")
         a.set_xlabel("step"), a.set_ylabel("loss"), a.legend(fontsize=8), a.set_title("training losses")
@@ -165,7 +165,9 @@ class RunDir:
                 for k in ("R@1", "R@5"):
                     if all(k in h[d] for h in hist):  # a small split leaves R@5 out (validate.validate)
                         b.plot(hs, [h[d][k] for h in hist], marker="o", label=f"{d} {k}")
-        b.set_xlabel("step"), b.set_ylim(0, 1.02), b.legend(fontsize=8), b.set_title("validation recall")
+        b.set_xlabel("step"), b.set_ylim(0, 1.02), b.set_title("validation recall")
+        if b.get_legend_handles_labels()[0]:  # no validation yet: an empty panel, no empty legend
+            b.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(self.path / "curves.png", dpi=110)
         return self.path / "curves.png"
@@ -216,3 +218,9 @@ def resolve_pointer(out, link: str) -> Path | None:
 def _plain(v):
     """A setting as it reads back from JSON (tuples become lists)."""
     return list(v) if isinstance(v, tuple) else v
+
+
+def _read_csv(path) -> list[dict]:
+    """The rows of a CSV file with a header line (the file is closed when read)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
