@@ -1,4 +1,4 @@
-"""Run the notebooks' longer seed studies and store them in notebooks/seed_runs.json.
+"""Run the notebooks' seed studies and store them in notebooks/seed_runs.json (`make seed-runs` pins the CPU kernels).
 
     python notebooks/seed_runs.py                     # every notebook with such cells (about 4 minutes on 2 cores)
     python notebooks/seed_runs.py 03_training         # some of them; the others' entries are kept
