@@ -69,6 +69,13 @@ def run_notebook(notebook: Path) -> dict:
     return results
 
 
+def with_stored_seeds(notebook: str, name: str, seed0) -> tuple[dict, object]:
+    """For a notebook cell: ({0: ``seed0`` (this run's), 1: ..., 2: ...}, the stored seed 0), seeds 1 and 2
+    as ``NAME(seed)`` returned them in notebooks/seed_runs.json."""
+    stored = json.loads(OUT.read_text())[notebook][name]
+    return {0: seed0, **{int(s): r for s, r in stored.items() if s != "0"}}, stored["0"]
+
+
 def main(argv=None) -> int:
     import matplotlib
 
